@@ -1,0 +1,154 @@
+"""The `llmlab` command.
+
+User mistakes (a bad experiment file, an unreachable tracking store, a missing data path) print
+one line, `error: <where>: <problem>`, and exit 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+USAGE_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmlab", description="LLM training strategies as Ray experiments, tracked in MLflow."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run an experiment on Ray (local, or the cluster in cluster.address / $RAY_ADDRESS)",
+    )
+    run.add_argument("experiment", type=Path, help="experiment YAML")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 model.n_layers=2")
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser("validate", help="check an experiment file (with overrides) without running it")
+    validate.add_argument("experiment", type=Path)
+    validate.add_argument("overrides", nargs="*")
+    validate.set_defaults(handler=_validate)
+
+    data = commands.add_parser("data", help="data utilities")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    demo = data_commands.add_parser(
+        "demo", help="write the built-in demo corpus (text already on this machine) as jsonl"
+    )
+    demo.add_argument("out", type=Path, help="output folder")
+    demo.add_argument("--docs-per-domain", type=int, default=3000)
+    demo.set_defaults(handler=_data_demo)
+
+    ui = commands.add_parser("ui", help="the MLflow UI over the local store, on 127.0.0.1")
+    ui.add_argument("--uri", help="tracking store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_ui)
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    from llmlab.config import ConfigError, load_experiment
+
+    try:
+        return load_experiment(args.experiment, args.overrides)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+
+
+def _validate(args: argparse.Namespace) -> int:
+    _load(args)
+    print(f"{args.experiment}: ok")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from llmlab.config import ConfigError
+    from llmlab.experiment import run_experiment
+    from llmlab.tracking.store import TrackingUnavailable
+
+    exp = _load(args)
+    # MLflow's INFO lines (database migrations, monitor start/stop) are noise on the terminal.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        summary = run_experiment(exp, source=args.experiment)
+    except (ConfigError, TrackingUnavailable) as err:
+        raise UserError(str(err)) from None
+    print(f"\n[{summary.run_name}] finished at step {summary.steps}", end="")
+    if summary.first_loss is not None and summary.last_loss is not None:
+        ratio = summary.last_loss / summary.first_loss
+        print(f": loss {summary.first_loss:.3f} -> {summary.last_loss:.3f} ({ratio:.2f} of the first)")
+    else:
+        print()
+    print(f"  MLflow run   {summary.run_id} (experiment '{exp.tracking.experiment}') in {summary.tracking_uri}")
+    print(f"  checkpoints  {summary.storage}")
+    ui_command = (
+        "llmlab ui"
+        if exp.tracking.uri is None and "MLFLOW_TRACKING_URI" not in os.environ
+        else f"llmlab ui --uri {summary.tracking_uri}"
+    )
+    if summary.tracking_uri.startswith(("http://", "https://")):
+        print(f"  open         {summary.tracking_uri}")
+    else:
+        print(f"  open the UI  {ui_command}   (then http://127.0.0.1:5000)")
+    return 0
+
+
+def _data_demo(args: argparse.Namespace) -> int:
+    from llmlab.data.demo import write_demo_corpus
+
+    if args.docs_per_domain <= 0:
+        raise UserError(f"--docs-per-domain: must be greater than 0 (got {args.docs_per_domain})")
+    paths = write_demo_corpus(args.out, args.docs_per_domain)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from llmlab.tracking.config import TrackingConfig
+    from llmlab.tracking.store import resolve_store
+
+    store = resolve_store(TrackingConfig(uri=args.uri))
+    if store.uri.startswith(("http://", "https://")):
+        print(f"{store.uri} is already an MLflow server: open it in a browser")
+        return 0
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        store.uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    if store.artifact_location:
+        command += ["--default-artifact-root", store.artifact_location]
+    print(f"MLflow UI over {store.uri}: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    os.execv(sys.executable, command)
+    return 0  # not reached: execv replaces this process
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Corpus -> tokenizer -> packed token shards, with the tokenization done by Ray Data tasks.
+
+Each `map_batches` task tokenizes a batch of documents, appends EOS to every document, packs the
+tokens end to end into rows of exactly ``seq_len + 1`` and writes them as one shard file. Only a
+small metadata row per shard comes back to the driver, so the token data never passes through it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import ray
+import ray.data
+from tokenizers import Tokenizer
+
+from llmlab.data.config import DataConfig
+from llmlab.data.shards import (
+    MANIFEST_NAME,
+    Manifest,
+    ShardInfo,
+    dtype_for_vocab,
+    join,
+    resolve,
+)
+from llmlab.data.sources import read_corpus
+from llmlab.data.tokenizer import eos_id, load_tokenizer, train_tokenizer
+
+TOKENIZER_NAME = "tokenizer.json"
+BATCH_DOCS = 512  # documents per task batch = per shard; the tail lost per shard is < seq_len+1
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@lru_cache(maxsize=4)
+def _tokenizer_from_json(tokenizer_json: str) -> Tokenizer:
+    # Rebuilt once per worker process, not once per batch.
+    return Tokenizer.from_str(tokenizer_json)
+
+
+def pack(token_lists: list[list[int]], eos: int, row_len: int) -> tuple[np.ndarray, int]:
+    """Documents + EOS each, end to end, cut into full rows of `row_len`; (rows, tokens in).
+
+    The incomplete tail is dropped rather than padded: every stored token is a real target.
+    """
+    flat: list[int] = []
+    for ids in token_lists:
+        flat.extend(ids)
+        flat.append(eos)
+    stream = np.asarray(flat, dtype=np.int64)
+    n_rows = len(stream) // row_len
+    return stream[: n_rows * row_len].reshape(n_rows, row_len), len(stream)
+
+
+def _tokenize_and_write(
+    batch: dict[str, np.ndarray], *, tokenizer_json: str, seq_len: int, out_dir: str, dtype: str
+) -> dict[str, np.ndarray]:
+    tok = _tokenizer_from_json(tokenizer_json)
+    texts = [str(t) for t in batch["text"]]
+    encodings = tok.encode_batch(texts, add_special_tokens=False)
+    rows, n_in = pack([e.ids for e in encodings], eos_id(tok), seq_len + 1)
+    data = rows.astype(dtype).tobytes()
+    name = ""
+    if len(rows):
+        # Content-addressed name: a retried or re-run task rewrites the same file, never a twin.
+        name = f"shard-{hashlib.sha256(data).hexdigest()[:20]}.bin"
+        fs, path = resolve(join(out_dir, name))
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+    return {
+        "file": np.array([name]),
+        "sequences": np.array([len(rows)], dtype=np.int64),
+        "docs": np.array([len(texts)], dtype=np.int64),
+        "tokens": np.array([rows.size], dtype=np.int64),
+        "input_tokens": np.array([n_in], dtype=np.int64),
+    }
+
+
+def _texts(ds: ray.data.Dataset, limit: int):
+    for batch in ds.select_columns(["text"]).limit(limit).iter_batches(batch_format="numpy"):
+        yield from (str(t) for t in batch["text"])
+
+
+def _reusable(out_dir: str, cfg: DataConfig, tokenizer: Tokenizer | None) -> Manifest | None:
+    """The manifest in `out_dir` if it was built from this config (and this tokenizer)."""
+    try:
+        manifest = Manifest.load(join(out_dir, MANIFEST_NAME))
+    except FileNotFoundError:
+        return None
+    if manifest.config != cfg.model_dump(mode="json"):
+        return None
+    if tokenizer is not None and manifest.tokenizer_sha256 != _sha256(tokenizer.to_str()):
+        return None
+    return manifest
+
+
+def _load_saved_tokenizer(out_dir: str) -> Tokenizer:
+    fs, path = resolve(join(out_dir, TOKENIZER_NAME))
+    with fs.open_input_stream(path) as f:
+        return Tokenizer.from_str(f.read().decode("utf-8"))
+
+
+def prepare_token_shards(
+    cfg: DataConfig,
+    out_dir: str,
+    tokenizer: Tokenizer | None = None,
+    *,
+    batch_docs: int = BATCH_DOCS,
+) -> tuple[Tokenizer, Manifest]:
+    """Build (or reuse) the token shards of `cfg` under `out_dir` (local path or URI).
+
+    Writes ``tokenizer.json``, the shard files and, last, ``manifest.json``: a manifest on disk
+    means a complete build, and one whose config and tokenizer match is reused as is.
+    `batch_docs` (documents per task and per shard at most) changes only how the tokens are cut
+    into shards, so it is not part of the reuse check.
+    """
+    if "://" not in out_dir:
+        out_dir = os.path.abspath(out_dir)  # tasks may run in other working directories
+    if tokenizer is None and cfg.tokenizer is not None:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+
+    manifest = _reusable(out_dir, cfg, tokenizer)
+    if manifest is not None:
+        return tokenizer or _load_saved_tokenizer(out_dir), manifest
+
+    ds = read_corpus(cfg)
+    # Shard order must follow document order for the manifest to be reproducible. The dataset's
+    # context is a private copy, so this does not change the caller's global DataContext.
+    ds.context.execution_options.preserve_order = True
+    if tokenizer is None:
+        tokenizer = train_tokenizer(_texts(ds, cfg.tokenizer_train_docs), cfg.vocab_size)
+
+    fs, root = resolve(out_dir)
+    fs.create_dir(root, recursive=True)
+    tokenizer_json = tokenizer.to_str()
+    with fs.open_output_stream(join(root, TOKENIZER_NAME)) as f:
+        f.write(tokenizer_json.encode("utf-8"))
+
+    vocab_size = tokenizer.get_vocab_size()
+    dtype = dtype_for_vocab(vocab_size)
+    meta = ds.map_batches(
+        _tokenize_and_write,
+        batch_size=batch_docs,
+        batch_format="numpy",
+        fn_kwargs={
+            "tokenizer_json": tokenizer_json,
+            "seq_len": cfg.seq_len,
+            "out_dir": out_dir,
+            "dtype": dtype,
+        },
+    ).take_all()
+
+    manifest = _build_manifest(meta, cfg, vocab_size, dtype, _sha256(tokenizer_json))
+    if manifest.num_sequences == 0:
+        raise ValueError(
+            f"the corpus gave no sequence of seq_len+1={cfg.seq_len + 1} tokens "
+            f"({manifest.input_tokens} tokens from {manifest.num_docs} documents)"
+        )
+    manifest.save(join(out_dir, MANIFEST_NAME))
+    return tokenizer, manifest
+
+
+def _build_manifest(meta: list[dict[str, Any]], cfg: DataConfig, vocab_size: int, dtype: str, tok_sha: str) -> Manifest:
+    shards = []
+    first_doc = 0
+    for m in meta:
+        if int(m["sequences"]) > 0:  # a batch shorter than one row wrote no file
+            shards.append(
+                ShardInfo(
+                    file=str(m["file"]),
+                    sequences=int(m["sequences"]),
+                    first_doc=first_doc,
+                    docs=int(m["docs"]),
+                    tokens=int(m["tokens"]),
+                )
+            )
+        first_doc += int(m["docs"])
+    return Manifest(
+        seq_len=cfg.seq_len,
+        dtype=dtype,
+        vocab_size=vocab_size,
+        num_docs=first_doc,
+        num_sequences=sum(s.sequences for s in shards),
+        total_tokens=sum(s.tokens for s in shards),
+        input_tokens=sum(int(m["input_tokens"]) for m in meta),
+        shards=shards,
+        config=cfg.model_dump(mode="json"),
+        tokenizer_sha256=tok_sha,
+    )

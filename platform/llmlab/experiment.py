@@ -1,0 +1,171 @@
+"""One experiment run, end to end: tracking → Ray → data → training → model export.
+
+The driver owns the MLflow run (create or resume, params, artifacts, final status); rank 0 of
+the workers logs step metrics into it, and one worker per node its system metrics.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from llmlab.cluster import cluster_has_gpus, connect_ray, quiet_data_progress
+from llmlab.config import ConfigError, ExperimentConfig, flatten, to_yaml
+from llmlab.data.config import DataConfig
+from llmlab.data.pipeline import prepare_token_shards
+from llmlab.data.sources import expand_paths
+from llmlab.data.tokenizer import load_tokenizer
+from llmlab.tracking.runs import log_params, open_run
+from llmlab.tracking.store import check_reachable, resolve_store
+from llmlab.train.checkpoint import load_model_state
+from llmlab.train.export import export_hf
+from llmlab.train.trainer import WorkerSpec, fit
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_name: str
+    run_id: str
+    tracking_uri: str
+    storage: str
+    resumed: bool
+    steps: int
+    first_loss: float | None
+    last_loss: float | None
+
+
+def default_run_name(source: Path | None) -> str:
+    stem = source.stem if source else "experiment"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resolve_storage(storage_path: str) -> str:
+    """Remote URIs as given; local folders made absolute (workers have other working dirs)."""
+    if "://" in storage_path:
+        return storage_path.rstrip("/")
+    return str(Path(storage_path).expanduser().resolve())
+
+
+def check_data_inputs(data: DataConfig) -> None:
+    """Missing corpus files or a broken tokenizer are user errors: catch them before any run starts."""
+    try:
+        expand_paths(data.paths)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError("data.paths", str(err)) from None
+    if data.tokenizer is not None:
+        try:
+            load_tokenizer(data.tokenizer)
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError("data.tokenizer", str(err).splitlines()[0]) from None
+
+
+def run_experiment(exp: ExperimentConfig, source: Path | None = None, say: Callable[[str], None] = print) -> RunSummary:
+    # User errors in the inputs and an unreachable store stop the run before anything starts.
+    check_data_inputs(exp.data)
+    store = resolve_store(exp.tracking)
+    check_reachable(store)
+    run_name = exp.tracking.run_name or default_run_name(source)
+    storage = resolve_storage(exp.train.storage_path)
+    if "://" not in storage:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+
+    connect_ray(exp.cluster, exp.train)
+    quiet_data_progress()
+    use_gpu = exp.train.device == "cuda" or (exp.train.device == "auto" and cluster_has_gpus())
+    client = MlflowClient(store.uri)
+    run_id, resumed = open_run(client, store, exp.tracking.experiment, run_name)
+    say(f"[{run_name}] {'resuming' if resumed else 'started'} MLflow run {run_id} in {store.uri}")
+    try:
+        summary = _train_and_log(exp, source, store, client, run_id, run_name, storage, use_gpu, say)
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return RunSummary(
+        run_name=run_name,
+        run_id=run_id,
+        tracking_uri=store.uri,
+        storage=f"{storage}/{run_name}",
+        resumed=resumed,
+        **summary,
+    )
+
+
+def _train_and_log(
+    exp: ExperimentConfig,
+    source: Path | None,
+    store,
+    client: MlflowClient,
+    run_id: str,
+    run_name: str,
+    storage: str,
+    use_gpu: bool,
+    say: Callable[[str], None],
+) -> dict:
+    changed = log_params(client, run_id, flatten(exp))
+    if changed:
+        say(f"[{run_name}] note: resumed with changed settings (MLflow keeps the first values): {', '.join(changed)}")
+    client.log_text(run_id, to_yaml(exp), "config.yaml")
+    client.set_tag(run_id, "llmlab.storage", f"{storage}/{run_name}")
+    if source is not None:
+        client.set_tag(run_id, "llmlab.experiment_file", str(source))
+
+    data_dir = f"{storage}/{run_name}/llmlab_data"
+    tokenizer, manifest = prepare_token_shards(exp.data, data_dir)
+    vocab_size = tokenizer.get_vocab_size()
+    if exp.model.vocab_size is not None and exp.model.vocab_size != vocab_size:
+        raise ConfigError(
+            "model.vocab_size",
+            f"is {exp.model.vocab_size} but the tokenizer has {vocab_size} tokens; remove it or match the tokenizer",
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer_file = Path(folder) / "tokenizer.json"
+        tokenizer.save(str(tokenizer_file))
+        client.log_artifact(run_id, str(tokenizer_file), "tokenizer")
+    log_params(
+        client,
+        run_id,
+        {
+            "data.num_sequences": str(manifest.num_sequences),
+            "data.num_tokens": str(manifest.total_tokens),
+            "model.vocab_size_resolved": str(vocab_size),
+        },
+    )
+    say(
+        f"[{run_name}] data: {manifest.num_sequences} sequences of {exp.data.seq_len} tokens; "
+        f"training on {exp.train.num_workers} {'GPU' if use_gpu else 'CPU'} workers"
+    )
+
+    spec = WorkerSpec(
+        experiment=exp.model_dump(mode="json"),
+        manifest_uri=f"{data_dir}/manifest.json",
+        vocab_size=vocab_size,
+        tracking_uri=store.uri,
+        run_id=run_id,
+        run_name=run_name,
+    )
+    result = fit(exp, spec, storage, use_gpu)
+    if result.checkpoint is None:
+        raise RuntimeError("training ended without a checkpoint; see the worker logs above")
+    with result.checkpoint.as_directory() as folder:
+        state_dict = load_model_state(folder)
+    with tempfile.TemporaryDirectory() as folder:
+        export_hf(exp.model, vocab_size, state_dict, tokenizer, Path(folder) / "model")
+        client.log_artifacts(run_id, str(Path(folder) / "model"), "model")
+
+    history = client.get_metric_history(run_id, "loss")
+    by_step = {metric.step: metric.value for metric in history}
+    steps = sorted(by_step)
+    return {
+        "steps": steps[-1] if steps else 0,
+        "first_loss": by_step[steps[0]] if steps else None,
+        "last_loss": by_step[steps[-1]] if steps else None,
+    }

@@ -1,0 +1,221 @@
+"""Hugging Face wrapper around `Transformer`, for PEFT, `generate()` and save/from_pretrained.
+
+The wrapper adds no math: `LlmlabForCausalLM.model` is the plain `Transformer`, and the config
+round-trips to `ModelConfig`. Imported lazily by `llmlab.model` because transformers is heavy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
+from transformers.initialization import guard_torch_init_functions, no_init_weights
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from llmlab.model.config import ModelConfig
+from llmlab.model.layers import init_module_
+from llmlab.model.transformer import Transformer
+
+IGNORE_INDEX = -100
+
+
+def _default(name: str) -> Any:
+    return ModelConfig.model_fields[name].get_default(call_default_factory=True)
+
+
+class LlmlabConfig(PreTrainedConfig):
+    """`ModelConfig` as a Hugging Face config (transformers 5 configs are dataclasses).
+
+    The fields are ModelConfig's, with `attention` as a plain dict. `hidden_size`,
+    `num_hidden_layers`, `num_attention_heads`, `num_key_value_heads` and `tie_word_embeddings`
+    are read-only mirrors, rewritten from the llmlab fields on construction: PEFT reads the first
+    four from `config.to_dict()`, and transformers reads `tie_word_embeddings` to tie the head.
+    """
+
+    model_type = "llmlab"
+
+    vocab_size: int | None = _default("vocab_size")
+    d_model: int = _default("d_model")
+    n_layers: int = _default("n_layers")
+    n_heads: int = _default("n_heads")
+    n_kv_heads: int | None = _default("n_kv_heads")
+    d_ff: int | None = _default("d_ff")
+    max_seq_len: int = _default("max_seq_len")
+    norm: str = _default("norm")
+    norm_eps: float = _default("norm_eps")
+    position: str = _default("position")
+    rope_theta: float = _default("rope_theta")
+    mlp: str = _default("mlp")
+    bias: bool = _default("bias")
+    tie_embeddings: bool = _default("tie_embeddings")
+    dropout: float = _default("dropout")
+    init_std: float = _default("init_std")
+    attention: dict | None = None
+
+    hidden_size: int | None = None
+    num_hidden_layers: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    tie_word_embeddings: bool | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        cfg = self.to_model_config()  # validates: a bad value fails here, not at first forward
+        self.attention = cfg.attention.model_dump()
+        mirrors = {
+            "hidden_size": ("d_model", cfg.d_model),
+            "num_hidden_layers": ("n_layers", cfg.n_layers),
+            "num_attention_heads": ("n_heads", cfg.n_heads),
+            "num_key_value_heads": ("n_kv_heads", cfg.kv_heads),
+            "tie_word_embeddings": ("tie_embeddings", cfg.tie_embeddings),
+        }
+        for mirror, (source, value) in mirrors.items():
+            given = getattr(self, mirror)
+            if given is not None and given != value:
+                raise ValueError(
+                    f"LlmlabConfig: {mirror}={given} disagrees with {source} ({value}); "
+                    f"set {source}, {mirror} only mirrors it"
+                )
+            setattr(self, mirror, value)
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_model_config(cls, config: ModelConfig, **kwargs: Any) -> LlmlabConfig:
+        return cls(**config.model_dump(), **kwargs)
+
+    def to_model_config(self) -> ModelConfig:
+        return ModelConfig.model_validate(
+            {name: getattr(self, name) for name in ModelConfig.model_fields if name != "attention"}
+            | {"attention": self.attention or {}}
+        )
+
+
+class LlmlabForCausalLM(PreTrainedModel, GenerationMixin):
+    """Causal LM head over `Transformer`: loss, generate(), save/from_pretrained, PEFT."""
+
+    config_class = LlmlabConfig
+    base_model_prefix = "model"
+    _no_split_modules: ClassVar[list[str]] = ["Block"]
+    # transformers 5 declares tying as {target: source}; it applies only when the config's
+    # tie_word_embeddings is true, and drops the target from saved checkpoints.
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"model.lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: LlmlabConfig, model: Transformer | None = None) -> None:
+        super().__init__(config)
+        self.model = model if model is not None else Transformer(config.to_model_config())
+        if self.generation_config is not None:
+            self.generation_config.use_cache = False
+        self.post_init()
+
+    @classmethod
+    def from_transformer(cls, model: Transformer) -> LlmlabForCausalLM:
+        """Wrap an existing model; its weights are shared, not copied or re-initialised."""
+        config = LlmlabConfig.from_model_config(model.config)
+        with no_init_weights():  # post_init would otherwise re-draw every weight
+            return cls(config, model=model)
+
+    # --- weights -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        # Our init (GPT-2 residual scaling) instead of transformers' generic one. The guard makes
+        # every init a no-op on weights flagged as loaded, so from_pretrained initialises only
+        # weights missing from the checkpoint.
+        with guard_torch_init_functions():
+            self.model.init_weights()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Called by transformers on single new modules (e.g. resized embeddings).
+        if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm, nn.RMSNorm)):
+            init_module_(module, self.config.init_std)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+        if self.config.tie_embeddings:
+            self.model.lm_head.weight = value.weight
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.model.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.model.lm_head = value
+
+    # --- forward and generation ----------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Logits [B, L, V] and, with labels [B, L], the mean next-token loss in float32.
+
+        Extra keyword arguments from generate() or PEFT (use_cache, return_dict, ...) are
+        accepted and ignored; a padding mask or a filled KV cache is refused, since the model
+        computes dense causal attention over the whole input and would silently ignore them.
+        """
+        _refuse_unsupported(attention_mask, kwargs)
+        logits_BLV = self.model(input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds)
+        loss = None if labels is None else causal_lm_loss(logits_BLV, labels)
+        return CausalLMOutputWithPast(loss=loss, logits=logits_BLV)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # no KV cache: generate() must not create one
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        # No KV cache: every step feeds the whole sequence so far (prompt and generated tokens)
+        # and recomputes it, O(L^2) work per new token. Exact and simple; fine for the short
+        # generations of evaluation, too slow for serving.
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("generate() from inputs_embeds needs a KV cache; pass input_ids")
+        model_inputs: dict[str, Any] = {"input_ids": input_ids}
+        if attention_mask is not None:
+            model_inputs["attention_mask"] = attention_mask
+        return model_inputs
+
+
+def causal_lm_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting labels[t+1] from position t, in float32; -100 ignored."""
+    logits_NV = logits_BLV[:, :-1].float().flatten(0, 1)
+    return F.cross_entropy(logits_NV, labels_BL[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+
+
+def _refuse_unsupported(attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> None:
+    # One device sync per call; this wrapper serves PEFT and generate(), not the training loop.
+    if attention_mask is not None and not bool(attention_mask.all()):
+        raise ValueError(
+            "attention_mask has padding zeros, but the model attends densely and causally over "
+            "the whole input; pass unpadded (or right-padded, loss-masked) batches without a mask"
+        )
+    for key in ("cache", "past_key_values"):
+        cache = kwargs.get(key)
+        filled = cache.get_seq_length() > 0 if hasattr(cache, "get_seq_length") else bool(cache)
+        if filled:
+            raise ValueError(
+                f"{key} holds cached keys/values (e.g. from prefix tuning), but the model has no "
+                "KV cache and would ignore them"
+            )
+
+
+AutoConfig.register(LlmlabConfig.model_type, LlmlabConfig, exist_ok=True)
+AutoModelForCausalLM.register(LlmlabConfig, LlmlabForCausalLM, exist_ok=True)

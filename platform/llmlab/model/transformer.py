@@ -1,0 +1,125 @@
+"""The decoder-only transformer: embeddings, blocks, final norm, output head. Math only."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmlab.model.config import ModelConfig
+from llmlab.model.layers import (
+    Block,
+    InitPlan,
+    build_norm,
+    init_module_,
+    residual_out_std,
+    rope_cos_sin,
+)
+
+
+class Transformer(nn.Module):
+    """Pre-norm decoder-only language model returning logits [B, L, V] in the compute dtype.
+
+    Attribute names are an interface: `embed_tokens` is defined before the vocab-sized `lm_head`
+    (PEFT takes the first vocab-sized parameter as the word embeddings), and the projections are
+    `layers.N.attn.{q,k,v,o}_proj` and `layers.N.mlp.{gate,up,down}_proj` for tensor parallelism
+    and LoRA target lists.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError(
+                "model.vocab_size is None: set it in the config or call "
+                "build_model(config, vocab_size=tokenizer_vocab_size)"
+            )
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_positions: nn.Embedding | None = (
+            nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = build_norm(config)
+        # No bias on the head even when config.bias: a tied head shares only the matrix.
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.init_weights()
+
+    def init_plan(self) -> InitPlan:
+        """Every leaf module with its init std (a tied head is covered by the embedding)."""
+        std, out_std = self.config.init_std, residual_out_std(self.config)
+        yield self.embed_tokens, std
+        if self.embed_positions is not None:
+            yield self.embed_positions, std
+        for layer in self.layers:
+            yield from layer.init_plan(std, out_std)
+        yield self.norm, std
+        if not self.config.tie_embeddings:
+            yield self.lm_head, std
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)initialise all weights, e.g. after materialising a model built on the meta device."""
+        for module, std in self.init_plan():
+            init_module_(module, std)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, L, V] for input_ids [B, L] (or inputs_embeds [B, L, D] in their place).
+
+        position_ids [B, L] or [L] default to 0..L-1; they drive RoPE or the learned table.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x_BLD = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        seq_len = x_BLD.shape[1]
+        if seq_len > self.config.max_seq_len:
+            raise ValueError(f"sequence length {seq_len} exceeds model.max_seq_len={self.config.max_seq_len}")
+        if position_ids is None:
+            position_ids = torch.arange(seq_len, device=x_BLD.device)
+        position_ids_BL = position_ids if position_ids.dim() == 2 else position_ids.unsqueeze(0)
+
+        cos_BLD = sin_BLD = None
+        if self.embed_positions is not None:
+            x_BLD = x_BLD + self.embed_positions(position_ids_BL)
+        else:
+            cos_BLD, sin_BLD = rope_cos_sin(position_ids_BL, self.config.head_dim, self.config.rope_theta)
+        x_BLD = self.dropout(x_BLD)
+        for layer in self.layers:
+            x_BLD = layer(x_BLD, cos_BLD, sin_BLD)
+        return self.lm_head(self.norm(x_BLD))
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count, tied weights once. exclude_embeddings drops the vocabulary and
+        position tables and an untied head (Kaplan et al.'s "non-embedding" N)."""
+        params = {id(p): p for p in self.parameters()}
+        if exclude_embeddings:
+            vocab_modules = [self.embed_tokens, self.embed_positions, self.lm_head]
+            for module in vocab_modules:
+                if module is not None:
+                    for p in module.parameters():
+                        params.pop(id(p), None)
+        return sum(p.numel() for p in params.values())
+
+
+def build_model(config: ModelConfig, vocab_size: int | None = None) -> Transformer:
+    """Build a Transformer; vocab_size (e.g. the tokenizer's) fills a config that left it None.
+
+    A config may set a larger vocab_size than the tokenizer's (padding the table to a friendly
+    multiple); a smaller one would leave token ids without embeddings and is refused.
+    """
+    if vocab_size is not None:
+        if config.vocab_size is None:
+            # model_validate, not model_copy(update=...), so the new value is validated too.
+            config = ModelConfig.model_validate({**config.model_dump(), "vocab_size": vocab_size})
+        elif config.vocab_size < vocab_size:
+            raise ValueError(
+                f"model.vocab_size={config.vocab_size} is smaller than the tokenizer's "
+                f"{vocab_size}; remove model.vocab_size from the config or raise it"
+            )
+    return Transformer(config)

@@ -1,0 +1,52 @@
+"""What a worker logs: buffered step metrics (rank 0) and system metrics (one worker per node)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+_MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limit
+
+
+class MetricLogger:
+    """Buffers per-step metrics and sends them in batches, so logging costs one call per flush."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self._client = MlflowClient(tracking_uri)
+        self._run_id = run_id
+        self._buffer: list[Metric] = []
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        now_ms = int(time.time() * 1000)
+        self._buffer.extend(Metric(key, float(value), now_ms, step) for key, value in values.items())
+
+    def flush(self) -> None:
+        while self._buffer:
+            chunk, self._buffer = (
+                self._buffer[:_MAX_METRICS_PER_CALL],
+                self._buffer[_MAX_METRICS_PER_CALL:],
+            )
+            self._client.log_batch(self._run_id, metrics=chunk)
+
+
+@contextlib.contextmanager
+def system_metrics(tracking_uri: str, run_id: str, node_id: str, interval_s: float) -> Iterator[None]:
+    """Log this node's CPU, memory, disk, network (and GPU) as system/<node_id>/... metrics."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run_id,
+        sampling_interval=interval_s,
+        samples_before_logging=1,
+        node_id=node_id,
+        tracking_uri=tracking_uri,
+    )
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()

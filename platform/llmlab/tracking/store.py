@@ -1,0 +1,73 @@
+"""Where MLflow runs are stored, and a reachability check made before any compute starts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmlab.tracking.config import TrackingConfig
+
+DEFAULT_DB_FILE = "mlflow.db"
+DEFAULT_ARTIFACT_DIR = "mlartifacts"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be reached; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class TrackingStore:
+    uri: str  # absolute: Ray workers run in other working directories
+    artifact_location: str | None  # for new experiments; None lets a server choose
+
+
+def resolve_store(cfg: TrackingConfig, cwd: Path | None = None) -> TrackingStore:
+    cwd = (cwd or Path.cwd()).resolve()
+    uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{cwd / DEFAULT_DB_FILE}"
+    if uri.startswith("sqlite:///"):
+        db_path = Path(uri.removeprefix("sqlite:///"))
+        if not db_path.is_absolute():
+            db_path = cwd / db_path
+        # Artifacts of a local store sit beside its database, so the pair moves together.
+        return TrackingStore(f"sqlite:///{db_path}", (db_path.parent / DEFAULT_ARTIFACT_DIR).as_uri())
+    return TrackingStore(uri, None)
+
+
+@contextlib.contextmanager
+def _fail_fast() -> Iterator[None]:
+    """An unreachable server should fail in seconds, not after MLflow's minutes of retries."""
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_reachable(store: TrackingStore) -> None:
+    from mlflow.tracking import MlflowClient
+
+    if store.uri.startswith("sqlite:///"):
+        folder = Path(store.uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise TrackingUnavailable(
+                f"tracking.uri: folder {folder} of the SQLite store does not exist; create it or "
+                "point tracking.uri elsewhere"
+            )
+    try:
+        with _fail_fast():
+            MlflowClient(store.uri).search_experiments(max_results=1)
+    except Exception as err:  # any failure here means no run can be recorded
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrackingUnavailable(
+            f"tracking.uri: cannot reach the MLflow store at {store.uri} ({reason[:200]}); start the "
+            "server or fix tracking.uri / MLFLOW_TRACKING_URI"
+        ) from None

@@ -1,0 +1,119 @@
+"""The training loop: plain PyTorch, the same in one process and inside Ray Train workers.
+
+It knows nothing of Ray or MLflow: callers pass the batches for a step and a callback that
+receives each step's metrics (to log, report or checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab.train.config import TrainConfig
+
+# Step index (0-based) → this rank's micro-batches of token rows, each (micro_batch, seq_len + 1).
+BatchFn = Callable[[int], Sequence[torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    step: int  # optimizer steps completed, 1-based
+    loss: float  # mean next-token loss over the global batch
+    lr: float  # learning rate this step used
+    grad_norm: float  # global gradient norm before clipping
+    tokens: int  # tokens in the global batch
+    step_time_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.step_time_s if self.step_time_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "loss": self.loss,
+            "lr": self.lr,
+            "grad_norm": self.grad_norm,
+            "tokens_per_s": self.tokens_per_s,
+            "step_time_s": self.step_time_s,
+        }
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. CPUs here have no fast bf16, so auto = fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def next_token_loss(model: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting rows[:, 1:] from rows[:, :-1], computed in float32."""
+    inputs_BL, targets_BL = rows[:, :-1], rows[:, 1:]
+    logits_BLV = model(inputs_BL)
+    return F.cross_entropy(logits_BLV.float().flatten(0, 1), targets_BL.flatten())
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batches: BatchFn,
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    start_step: int = 0,
+    on_step: Callable[[StepMetrics], None] | None = None,
+) -> StepMetrics | None:
+    """Run optimizer steps start_step+1 … cfg.max_steps; return the last step's metrics."""
+    autocast_dtype = resolve_precision(cfg.precision, device)
+    distributed = dist.is_available() and dist.is_initialized()
+    max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+    last: StepMetrics | None = None
+    model.train()
+    for step in range(start_step + 1, cfg.max_steps + 1):
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        micro_batches = batches(step - 1)
+        loss_sum = torch.zeros((), device=device)
+        tokens = 0
+        for index, rows in enumerate(micro_batches):
+            rows = rows.to(device, non_blocking=True)
+            tokens += rows.shape[0] * (rows.shape[1] - 1)
+            is_last = index == len(micro_batches) - 1
+            # DDP all-reduces gradients on every backward; only the last micro-batch needs it.
+            sync = contextlib.nullcontext() if is_last or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    loss = next_token_loss(model, rows)
+                (loss / len(micro_batches)).backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        loss_mean = loss_sum / len(micro_batches)
+        if distributed:
+            # Every rank holds an equal share of the global batch, so the mean of means is exact.
+            # (SUM then divide: gloo has no AVG.)
+            dist.all_reduce(loss_mean, op=dist.ReduceOp.SUM)
+            loss_mean /= dist.get_world_size()
+            tokens *= dist.get_world_size()
+        last = StepMetrics(
+            step=step,
+            loss=float(loss_mean),
+            lr=float(lr),
+            grad_norm=float(grad_norm),
+            tokens=tokens,
+            step_time_s=time.perf_counter() - started,
+        )
+        if on_step is not None:
+            on_step(last)
+    return last

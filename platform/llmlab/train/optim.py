@@ -1,0 +1,60 @@
+"""AdamW with decay only on weight matrices, and linear warmup followed by cosine decay."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from llmlab.train.config import TrainConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: matrices decay; norms, biases and embeddings never do (as GPT-2 and Llama train).
+
+    Walking modules rather than names keeps this independent of how layers are called, and the
+    identity set makes a tied LM head (the embedding's own Parameter) count once, as an embedding.
+    """
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad:
+                continue
+            seen.add(id(param))
+            if param.ndim >= 2 and not isinstance(module, nn.Embedding):
+                decay.append(param)
+            else:
+                no_decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+    )
+
+
+def lr_factor(step_index: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak lr for the optimizer step with 0-based index `step_index`."""
+    if step_index < warmup_steps:
+        return (step_index + 1) / warmup_steps
+    decay_steps = max(1, max_steps - warmup_steps - 1)
+    progress = min(1.0, (step_index - warmup_steps) / decay_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * cosine
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step_index: int) -> float:
+        return lr_factor(step_index, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

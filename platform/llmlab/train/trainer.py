@@ -1,0 +1,141 @@
+"""The Ray Train TorchTrainer around the plain-torch loop.
+
+Ray only launches the loop on many workers: it sets up the process group, places workers, and
+stores checkpoints (reloading the latest when a run of the same name is started again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+
+from llmlab import parallel
+from llmlab.config import ExperimentConfig
+from llmlab.data.sampler import GlobalBatchSampler
+from llmlab.data.shards import TokenShards
+from llmlab.model import build_model
+from llmlab.tracking.metrics import MetricLogger, system_metrics
+from llmlab.train.batches import rank_batches
+from llmlab.train.checkpoint import load_checkpoint, save_checkpoint
+from llmlab.train.loop import StepMetrics, train
+from llmlab.train.optim import build_optimizer, build_scheduler
+from llmlab.train.progress import format_progress
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, built by the driver (plain data: it crosses processes)."""
+
+    experiment: dict[str, Any]
+    manifest_uri: str
+    vocab_size: int
+    tracking_uri: str
+    run_id: str
+    run_name: str
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    spec = WorkerSpec(**loop_config)
+    # Ray Train logs every report at INFO; the progress line already says what matters.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    exp = ExperimentConfig.model_validate(spec.experiment)
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+
+    # Same seed on every rank: identical initial weights without a broadcast.
+    torch.manual_seed(exp.train.seed)
+    model = build_model(exp.model, vocab_size=spec.vocab_size).to(device)
+    optimizer = build_optimizer(model, exp.train)
+    scheduler = build_scheduler(optimizer, exp.train)
+    torch.manual_seed(exp.train.seed * 7919 + rank + 1)  # per-rank dropout stream
+    start_step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            start_step = load_checkpoint(folder, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
+        if rank == 0:
+            print(f"[{spec.run_name}] resuming from the checkpoint at step {start_step}", flush=True)
+    model = parallel.apply(model, exp.parallel.strategy, device)
+
+    shards = TokenShards(spec.manifest_uri)
+    sampler = GlobalBatchSampler(len(shards), exp.train.batch_size, exp.train.seed)
+    batches = rank_batches(shards, sampler, rank, world_size, exp.train.grad_accum)
+    logger = MetricLogger(spec.tracking_uri, spec.run_id) if rank == 0 else None
+
+    def on_step(metrics: StepMetrics) -> None:
+        if logger is not None:
+            logger.log(metrics.step, metrics.as_dict())
+        is_checkpoint = metrics.step % exp.train.checkpoint_every == 0 or metrics.step == exp.train.max_steps
+        if metrics.step % exp.train.log_every != 0 and not is_checkpoint:
+            return
+        if logger is not None:
+            logger.flush()
+            print(format_progress(spec.run_name, metrics, exp.train.max_steps), flush=True)
+        report = {**metrics.as_dict(), "step": metrics.step}
+        if not is_checkpoint:
+            ray.train.report(report)
+            return
+        # Every rank writes its files into one checkpoint (rank 0 the weights, each its RNG).
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(
+                folder,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                step=metrics.step,
+                rank=rank,
+            )
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    # One monitor per node (its first worker), so every node's CPU, memory and GPU are logged.
+    monitor = (
+        system_metrics(
+            spec.tracking_uri,
+            spec.run_id,
+            f"node{context.get_node_rank()}",
+            exp.tracking.system_metrics_interval_s,
+        )
+        if context.get_local_rank() == 0 and exp.tracking.system_metrics
+        else contextlib.nullcontext()
+    )
+    with monitor:
+        train(
+            model,
+            optimizer,
+            scheduler,
+            batches,
+            exp.train,
+            device=device,
+            start_step=start_step,
+            on_step=on_step,
+        )
+    if logger is not None:
+        logger.flush()
+
+
+def fit(exp: ExperimentConfig, spec: WorkerSpec, storage_path: str, use_gpu: bool) -> ray.train.Result:
+    """Run (or resume) the training run `spec.run_name` under `storage_path`."""
+    resources = {"CPU": exp.train.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = 1
+    trainer = ray.train.torch.TorchTrainer(
+        train_worker,
+        train_loop_config=asdict(spec),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=exp.train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=spec.run_name,
+            storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=exp.train.keep_checkpoints),
+        ),
+    )
+    return trainer.fit()

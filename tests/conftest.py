@@ -1,0 +1,41 @@
+"""Shared fixtures: one local Ray cluster for the whole test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray (started once per session) that in-process code and CLI subprocesses share.
+
+    More logical CPUs than this machine's 2 cores: every Train worker and data task holds one.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=6, object_store_memory=768 * 2**20, dashboard_host="127.0.0.1")
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.execution_options.preserve_order = True
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cli_env(ray_session) -> dict[str, str]:
+    """Environment for `llmlab` subprocesses: join the session's Ray instead of starting one."""
+    env = dict(os.environ)
+    env["RAY_ADDRESS"] = ray_session.get_runtime_context().gcs_address
+    # ray.init() turned token authentication on; drivers joining must present the token too.
+    env.setdefault("RAY_AUTH_MODE", "token")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env

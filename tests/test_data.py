@@ -1,0 +1,333 @@
+"""Tests of llmlab.data: demo corpus, tokenizer, Ray Data token shards, shard reads, sampler."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pydantic import ValidationError
+
+from llmlab.data import (
+    EOS_TOKEN,
+    MASK_TOKEN,
+    PAD_TOKEN,
+    DataConfig,
+    GlobalBatchSampler,
+    Manifest,
+    TokenShards,
+    build_demo_rows,
+    eos_id,
+    load_tokenizer,
+    train_tokenizer,
+    write_demo_corpus,
+)
+
+DEMO_DOCS = 120  # per domain: small enough for the 2-core test budget, several shards at 64 docs
+
+
+@pytest.fixture(scope="module")
+def demo_rows() -> list[dict[str, str]]:
+    return build_demo_rows(DEMO_DOCS)
+
+
+@pytest.fixture(scope="module")
+def tok(demo_rows):
+    return train_tokenizer((r["text"] for r in demo_rows), vocab_size=512)
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+def test_config_defaults_and_validation():
+    cfg = DataConfig()
+    assert cfg.paths == [] and cfg.seq_len == 128 and cfg.vocab_size == 2048
+    with pytest.raises(ValidationError):
+        DataConfig(seq_len=0)
+    with pytest.raises(ValidationError):
+        DataConfig(vocab_size=100)
+    with pytest.raises(ValidationError):
+        DataConfig(unknown_field=1)
+
+
+def test_data_package_does_not_import_ray():
+    code = (
+        "import sys, llmlab.data, llmlab.data.shards, llmlab.data.sampler, "
+        "llmlab.data.tokenizer, llmlab.data.demo, llmlab.data.config; "
+        "assert 'ray' not in sys.modules, 'ray was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------- demo
+
+
+def test_demo_corpus(demo_rows, tmp_path):
+    domains = {r["domain"] for r in demo_rows}
+    assert len(domains) >= 2
+    for d in domains:
+        n = sum(r["domain"] == d for r in demo_rows)
+        assert 0 < n <= DEMO_DOCS
+    assert all(len(r["text"]) >= 200 for r in demo_rows)
+    assert build_demo_rows(DEMO_DOCS) == demo_rows  # deterministic
+
+    files = write_demo_corpus(tmp_path, 20)
+    assert [f.name for f in files] == ["python_docs.jsonl", "package_docs.jsonl"]
+    rows = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert rows == build_demo_rows(20)
+
+
+# ---------------------------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_round_trip_and_specials(tok, tmp_path):
+    for text in [
+        "def f(x):\n    return x + 1\n",
+        " leading space and  double  spaces",
+        "naïve café — Grüße, 日本語, emoji 😀, tabs\tand\r\nnewlines",
+        "",
+    ]:
+        assert tok.decode(tok.encode(text).ids) == text
+    assert [tok.token_to_id(t) for t in (EOS_TOKEN, PAD_TOKEN, MASK_TOKEN)] == [0, 1, 2]
+    assert eos_id(tok) == 0
+    assert tok.get_vocab_size() == 512
+
+    path = tmp_path / "tok.json"
+    tok.save(str(path))
+    assert load_tokenizer(path).to_str() == tok.to_str()
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
+        load_tokenizer(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"broken\.json"):
+        load_tokenizer(tmp_path / "broken.json")
+
+
+# ---------------------------------------------------------------------------------- pipeline
+
+
+def _reference_rows(tok, docs: list[str], row_len: int) -> np.ndarray:
+    """Plain-Python packing: each doc + EOS, end to end, cut into full rows, tail dropped."""
+    stream: list[int] = []
+    for doc in docs:
+        stream += [*tok.encode(doc).ids, eos_id(tok)]
+    n = len(stream) // row_len
+    return np.array(stream[: n * row_len], dtype=np.int64).reshape(n, row_len)
+
+
+def _read_shard(out_dir: Path, manifest: Manifest, i: int) -> np.ndarray:
+    shard = manifest.shards[i]
+    data = np.fromfile(out_dir / shard.file, dtype=manifest.dtype)
+    return data.reshape(shard.sequences, manifest.seq_len + 1).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def demo_shards(ray_session, tmp_path_factory):
+    from llmlab.data import prepare_token_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    cfg = DataConfig(seq_len=32, vocab_size=512, demo_docs_per_domain=DEMO_DOCS)
+    tok, manifest = prepare_token_shards(cfg, str(out), batch_docs=64)
+    return cfg, out, tok, manifest
+
+
+def test_pipeline_shards_match_reference(demo_shards, demo_rows):
+    cfg, out, tok, manifest = demo_shards
+    assert (out / "tokenizer.json").is_file() and (out / "manifest.json").is_file()
+    assert manifest.dtype == "uint16" and manifest.vocab_size == 512
+    assert manifest.num_docs == len(demo_rows)
+    assert len(manifest.shards) >= 3
+    assert manifest.num_sequences == sum(s.sequences for s in manifest.shards)
+    assert manifest.total_tokens == manifest.num_sequences * (cfg.seq_len + 1)
+    assert Manifest.load(str(out)) == manifest
+
+    texts = [r["text"] for r in demo_rows]
+    for i, shard in enumerate(manifest.shards):
+        rows = _read_shard(out, manifest, i)
+        assert (out / shard.file).stat().st_size == rows.size * 2
+        assert rows.shape == (shard.sequences, cfg.seq_len + 1)
+        docs = texts[shard.first_doc : shard.first_doc + shard.docs]
+        np.testing.assert_array_equal(rows, _reference_rows(tok, docs, cfg.seq_len + 1))
+
+        # Decoding up to the last EOS gives back the documents, each followed by EOS.
+        flat = rows.reshape(-1)
+        n_eos = int((flat == eos_id(tok)).sum())
+        last = int(np.nonzero(flat == eos_id(tok))[0][-1])
+        decoded = tok.decode(flat[: last + 1].tolist(), skip_special_tokens=False)
+        assert decoded == "".join(d + EOS_TOKEN for d in docs[:n_eos])
+
+
+def test_pipeline_rerun_reuses_manifest(demo_shards):
+    from llmlab.data import prepare_token_shards
+
+    cfg, out, tok, manifest = demo_shards
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    tok2, manifest2 = prepare_token_shards(cfg, str(out), batch_docs=64)
+    assert manifest2 == manifest
+    assert tok2.to_str() == tok.to_str()
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_token_shards_get_matches_fromfile(demo_shards):
+    cfg, out, _, manifest = demo_shards
+    reference = np.concatenate([np.fromfile(out / s.file, dtype=manifest.dtype) for s in manifest.shards]).reshape(
+        -1, cfg.seq_len + 1
+    )
+    shards = TokenShards(str(out))
+    assert len(shards) == len(reference) == manifest.num_sequences
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(shards), size=300)
+    got = shards.get(idx)
+    assert got.dtype == np.int64 and got.shape == (300, cfg.seq_len + 1)
+    np.testing.assert_array_equal(got, reference[idx])
+    # Shard boundaries and both ends.
+    edges = np.array([0, len(shards) - 1] + [s.sequences for s in manifest.shards[:1]])
+    np.testing.assert_array_equal(shards.get(edges), reference[edges])
+    with pytest.raises(IndexError):
+        shards.get(np.array([len(shards)]))
+    # Picklable after opening (shipped to Ray Train workers); reopens lazily.
+    clone = pickle.loads(pickle.dumps(shards))
+    np.testing.assert_array_equal(clone.get(idx[:10]), reference[idx[:10]])
+
+
+def test_token_shards_ranged_reads(demo_shards, monkeypatch):
+    """The remote path (pyarrow ranged reads, as on s3://) returns the same rows as memmap."""
+    import llmlab.data.shards as shards_mod
+
+    _, out, _, _ = demo_shards
+    local = TokenShards(str(out))
+    monkeypatch.setattr(shards_mod, "_is_local", lambda fs: False)
+    remote = TokenShards(f"file://{out}/manifest.json")
+    idx = np.random.default_rng(1).integers(0, len(local), size=50)
+    np.testing.assert_array_equal(remote.get(idx), local.get(idx))
+    remote.close()
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_read_corpus_files_and_globs(ray_session, tmp_path):
+    from llmlab.data import read_corpus
+
+    a = [{"content": f"doc a{i} ünïcode", "id": i} for i in range(5)]
+    b = [{"content": f"doc b{i}", "id": i} for i in range(3)]
+    _write_jsonl(tmp_path / "a.jsonl", a)
+    _write_jsonl(tmp_path / "b.jsonl", b)
+
+    ds = read_corpus(DataConfig(paths=[str(tmp_path / "*.jsonl")], text_field="content"))
+    assert ds.columns() == ["text"]
+    assert [r["text"] for r in ds.take_all()] == [r["content"] for r in a + b]
+
+    cfg = DataConfig(paths=[str(tmp_path / "b.jsonl")], text_field="content", max_docs=2)
+    assert [r["text"] for r in read_corpus(cfg).take_all()] == ["doc b0", "doc b1"]
+
+    (tmp_path / "c.txt").write_text("line one\n\nline two\n")
+    pq.write_table(pa.table({"text": ["pq 0", "pq 1"], "domain": ["x", "y"]}), tmp_path / "d.pq")
+    os.rename(tmp_path / "d.pq", tmp_path / "d.parquet")
+    ds = read_corpus(DataConfig(paths=[str(tmp_path / "c.txt")]))
+    assert [r["text"] for r in ds.take_all()] == ["line one", "line two"]
+    ds = read_corpus(DataConfig(paths=[str(tmp_path / "d.parquet")]))
+    assert ds.take_all() == [{"text": "pq 0", "domain": "x"}, {"text": "pq 1", "domain": "y"}]
+
+
+def test_read_corpus_missing_path(ray_session, tmp_path):
+    from llmlab.data import read_corpus
+
+    missing = str(tmp_path / "nope.jsonl")
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
+        read_corpus(DataConfig(paths=[missing]))
+    with pytest.raises(FileNotFoundError, match=r"nothing\*\.jsonl"):
+        read_corpus(DataConfig(paths=[str(tmp_path / "nothing*.jsonl")]))
+
+
+def test_pipeline_on_jsonl_with_given_tokenizer(ray_session, tok, demo_rows, tmp_path):
+    from llmlab.data import prepare_token_shards
+
+    _write_jsonl(tmp_path / "in.jsonl", demo_rows[:40])
+    tok.save(str(tmp_path / "tok.json"))
+    cfg = DataConfig(paths=[str(tmp_path / "in.jsonl")], seq_len=16, tokenizer=str(tmp_path / "tok.json"))
+    out = tmp_path / "out"
+    got_tok, manifest = prepare_token_shards(cfg, str(out))
+    assert got_tok.to_str() == tok.to_str()
+    assert manifest.num_docs == 40 and len(manifest.shards) == 1
+    rows = _read_shard(out, manifest, 0)
+    docs = [r["text"] for r in demo_rows[:40]]
+    np.testing.assert_array_equal(rows, _reference_rows(tok, docs, 17))
+
+
+def test_pipeline_out_dir_as_uri(ray_session, tok, demo_rows, tmp_path):
+    """out_dir given as a URI goes through pyarrow filesystems, as s3:// would."""
+    from llmlab.data import prepare_token_shards
+
+    _write_jsonl(tmp_path / "in.jsonl", demo_rows[:10])
+    cfg = DataConfig(paths=[str(tmp_path / "in.jsonl")], seq_len=16)
+    uri = f"file://{tmp_path}/uri_out"
+    _, manifest = prepare_token_shards(cfg, uri, tokenizer=tok)
+    assert (tmp_path / "uri_out" / "manifest.json").is_file()
+    assert len(TokenShards(uri)) == manifest.num_sequences > 0
+    _, again = prepare_token_shards(cfg, uri, tokenizer=tok)
+    assert again == manifest
+
+
+# ---------------------------------------------------------------------------------- sampler
+
+
+@pytest.mark.parametrize("n, b", [(1000, 64), (96, 32), (50, 8), (10, 16)])
+def test_sampler_rank_slices_concatenate_to_global_batch(n, b):
+    sampler = GlobalBatchSampler(n, b, seed=3)
+    for step in range(40):
+        full = GlobalBatchSampler(n, b, seed=3).global_indices(step)  # fresh: no cache effects
+        assert full.shape == (b,) and full.dtype == np.int64
+        for dp in (1, 2, 4):
+            parts = [sampler.rank_indices(step, r, dp) for r in range(dp)]
+            assert all(len(p) == b // dp for p in parts)
+            np.testing.assert_array_equal(np.concatenate(parts), full)
+
+
+def test_sampler_seeds_differ_and_steps_are_pure():
+    a, b = GlobalBatchSampler(500, 20, seed=0), GlobalBatchSampler(500, 20, seed=1)
+    assert not np.array_equal(a.global_indices(0), b.global_indices(0))
+    # Out-of-order queries give the same answers as in-order ones.
+    ordered = [a.global_indices(s) for s in range(60)]
+    c = GlobalBatchSampler(500, 20, seed=0)
+    for s in [59, 3, 30, 0, 25, 59]:
+        np.testing.assert_array_equal(c.global_indices(s), ordered[s])
+
+
+def test_sampler_epochs_are_permutations():
+    n, b = 96, 32  # B divides N: each epoch is exactly 3 steps
+    sampler = GlobalBatchSampler(n, b, seed=7)
+    epochs = []
+    for epoch in range(4):
+        seen = np.concatenate([sampler.global_indices(epoch * 3 + k) for k in range(3)])
+        np.testing.assert_array_equal(np.sort(seen), np.arange(n))
+        np.testing.assert_array_equal(seen, np.random.default_rng([7, epoch]).permutation(n))
+        epochs.append(seen)
+    assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_sampler_batch_crossing_epoch_boundary():
+    n, b = 10, 4
+    sampler = GlobalBatchSampler(n, b, seed=5)
+    stream = np.concatenate([np.random.default_rng([5, e]).permutation(n) for e in range(5)])
+    for step in range(10):
+        np.testing.assert_array_equal(sampler.global_indices(step), stream[step * b : (step + 1) * b])
+    # B > N: one batch spans several epochs.
+    big = GlobalBatchSampler(n, 25, seed=5)
+    np.testing.assert_array_equal(big.global_indices(1), stream[25:50])
+
+
+def test_sampler_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="divisible"):
+        GlobalBatchSampler(100, 10, seed=0).rank_indices(0, 0, 4)
+    with pytest.raises(ValueError):
+        GlobalBatchSampler(0, 10, seed=0)
+    with pytest.raises(ValueError):
+        GlobalBatchSampler(100, 10, seed=0).rank_indices(0, 2, 2)
