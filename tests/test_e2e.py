@@ -185,3 +185,70 @@ def test_missing_data_is_one_line_before_any_run(tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists() or not store_client(tmp_path).search_experiments(
         filter_string="name = 'quickstart'"
     )
+
+
+def test_worker_failure_marks_the_run_failed(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """flash_attn is not installed here: the workers refuse it, and the run is marked FAILED."""
+    experiment = tiny_experiment(tmp_path, max_steps=20)
+    result = subprocess.run(
+        [*LLMLAB, "run", str(experiment), "model.attention.backend=flash_attn", "tracking.run_name=broken"],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    # Ray forwards worker logs asynchronously, so the summary line need not be the very last.
+    summaries = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(summaries) == 1, result.stderr[-3000:]
+    assert summaries[0].startswith("error: training failed: ") and "flash-attn" in summaries[0], summaries
+    run = only_run(store_client(tmp_path), "tiny", "broken")
+    assert run.info.status == "FAILED"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ui_serves_the_store_on_localhost_only(tmp_path: Path) -> None:
+    import urllib.request
+
+    import psutil
+
+    store_client(tmp_path).create_experiment("seen-in-ui")
+    port = free_port()
+    server = subprocess.Popen(
+        [*LLMLAB, "ui", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert f"http://127.0.0.1:{port}" in server.stdout.readline()
+        body = ""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=seen-in-ui"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    body = response.read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert '"name": "seen-in-ui"' in body or '"name":"seen-in-ui"' in body, body
+        listeners = {
+            conn.laddr.ip
+            for conn in psutil.net_connections("tcp")
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN
+        }
+        assert listeners == {"127.0.0.1"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

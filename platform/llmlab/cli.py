@@ -81,8 +81,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ray.train import TrainingFailedError
+
     from llmlab.config import ConfigError
-    from llmlab.experiment import run_experiment
+    from llmlab.experiment import failure_summary, run_experiment
     from llmlab.tracking.store import TrackingUnavailable
 
     exp = _load(args)
@@ -92,6 +94,10 @@ def _run(args: argparse.Namespace) -> int:
         summary = run_experiment(exp, source=args.experiment)
     except (ConfigError, TrackingUnavailable) as err:
         raise UserError(str(err)) from None
+    except TrainingFailedError as err:
+        # Ray has printed the workers' tracebacks above; this line says what to look for.
+        print(f"error: training failed: {failure_summary(err)}; the MLflow run is marked FAILED", file=sys.stderr)
+        return 1
     print(f"\n[{summary.run_name}] finished at step {summary.steps}", end="")
     if summary.first_loss is not None and summary.last_loss is not None:
         ratio = summary.last_loss / summary.first_loss

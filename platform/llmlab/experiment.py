@@ -51,6 +51,14 @@ def resolve_storage(storage_path: str) -> str:
     return str(Path(storage_path).expanduser().resolve())
 
 
+def failure_summary(error: BaseException) -> str:
+    """The root cause of a failed Train run in one line: the last line of the first worker's error."""
+    failures = getattr(error, "worker_failures", None) or {}
+    cause = next(iter(failures.values()), None) or getattr(error, "controller_failure", None) or error
+    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(cause).__name__
+
+
 def check_data_inputs(data: DataConfig) -> None:
     """Missing corpus files or a broken tokenizer are user errors: catch them before any run starts."""
     try:
@@ -121,10 +129,11 @@ def _train_and_log(
     data_dir = f"{storage}/{run_name}/llmlab_data"
     tokenizer, manifest = prepare_token_shards(exp.data, data_dir)
     vocab_size = tokenizer.get_vocab_size()
-    if exp.model.vocab_size is not None and exp.model.vocab_size != vocab_size:
+    # A larger table than the tokenizer's is padding (a friendlier matrix size); smaller cannot work.
+    if exp.model.vocab_size is not None and exp.model.vocab_size < vocab_size:
         raise ConfigError(
             "model.vocab_size",
-            f"is {exp.model.vocab_size} but the tokenizer has {vocab_size} tokens; remove it or match the tokenizer",
+            f"is smaller than the tokenizer's {vocab_size} tokens (got {exp.model.vocab_size}); remove it or raise it",
         )
     with tempfile.TemporaryDirectory() as folder:
         tokenizer_file = Path(folder) / "tokenizer.json"
