@@ -21,6 +21,10 @@ QUICKSTART = REPO / "experiments" / "quickstart.yaml"
 pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 
 
+def llmlab(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LLMLAB, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
 def store_client(folder: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
 
@@ -42,14 +46,7 @@ def loss_by_step(client: MlflowClient, run_id: str) -> dict[int, list[float]]:
 
 def test_quickstart(cli_env: dict[str, str], tmp_path: Path) -> None:
     started = time.monotonic()
-    result = subprocess.run(
-        [*LLMLAB, "run", str(QUICKSTART), "tracking.run_name=qs"],
-        cwd=tmp_path,
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = llmlab(tmp_path, "run", str(QUICKSTART), "tracking.run_name=qs", env=cli_env)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     print(f"quickstart took {elapsed:.0f} s")
@@ -116,10 +113,10 @@ def latest_checkpoint_step(run_folder: Path) -> int:
 def test_resume_after_interruption(cli_env: dict[str, str], tmp_path: Path) -> None:
     """Kill the driver mid-run; the same command resumes the same MLflow run at the saved step."""
     experiment = tiny_experiment(tmp_path, max_steps=300)
-    command = [*LLMLAB, "run", str(experiment)]
+    args = ("run", str(experiment))
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(
-        command, cwd=tmp_path, env=cli_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        [*LLMLAB, *args], cwd=tmp_path, env=cli_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     deadline = time.monotonic() + 300
     while latest_checkpoint_step(tmp_path / "results" / "tiny") < 20:
@@ -135,7 +132,7 @@ def test_resume_after_interruption(cli_env: dict[str, str], tmp_path: Path) -> N
     logged_before = loss_by_step(client, interrupted.info.run_id)
     assert max(logged_before) < 300
 
-    second = subprocess.run(command, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=600)
+    second = llmlab(tmp_path, *args, env=cli_env)
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-3000:]
     resumed_at = int(re.search(r"resuming from the checkpoint at step (\d+)", output).group(1))
@@ -158,13 +155,7 @@ def test_resume_after_interruption(cli_env: dict[str, str], tmp_path: Path) -> N
 
 def test_unreachable_tracking_store_stops_before_compute(tmp_path: Path) -> None:
     started = time.monotonic()
-    result = subprocess.run(
-        [*LLMLAB, "run", str(QUICKSTART), "tracking.uri=http://127.0.0.1:9"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = llmlab(tmp_path, "run", str(QUICKSTART), "tracking.uri=http://127.0.0.1:9")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: tracking.uri: cannot reach"), result.stderr
@@ -173,13 +164,7 @@ def test_unreachable_tracking_store_stops_before_compute(tmp_path: Path) -> None
 
 
 def test_missing_data_is_one_line_before_any_run(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [*LLMLAB, "run", str(QUICKSTART), "data.paths=[nowhere/*.jsonl]"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = llmlab(tmp_path, "run", str(QUICKSTART), "data.paths=[nowhere/*.jsonl]")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: data.paths: data path not found: no file matches nowhere/*.jsonl"
     assert not (tmp_path / "mlflow.db").exists() or not store_client(tmp_path).search_experiments(
@@ -190,13 +175,8 @@ def test_missing_data_is_one_line_before_any_run(tmp_path: Path) -> None:
 def test_worker_failure_marks_the_run_failed(cli_env: dict[str, str], tmp_path: Path) -> None:
     """flash_attn is not installed here: the workers refuse it, and the run is marked FAILED."""
     experiment = tiny_experiment(tmp_path, max_steps=20)
-    result = subprocess.run(
-        [*LLMLAB, "run", str(experiment), "model.attention.backend=flash_attn", "tracking.run_name=broken"],
-        cwd=tmp_path,
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = llmlab(
+        tmp_path, "run", str(experiment), "model.attention.backend=flash_attn", "tracking.run_name=broken", env=cli_env
     )
     assert result.returncode == 1, result.stderr[-3000:]
     # Ray forwards worker logs asynchronously, so the summary line need not be the very last.

@@ -21,7 +21,7 @@ from llmlab.data.pipeline import prepare_token_shards
 from llmlab.data.sources import expand_paths
 from llmlab.data.tokenizer import load_tokenizer
 from llmlab.tracking.runs import log_params, open_run
-from llmlab.tracking.store import check_reachable, resolve_store
+from llmlab.tracking.store import TrackingStore, check_reachable, resolve_store
 from llmlab.train.checkpoint import load_model_state
 from llmlab.train.export import export_hf
 from llmlab.train.trainer import WorkerSpec, fit
@@ -89,7 +89,7 @@ def run_experiment(exp: ExperimentConfig, source: Path | None = None, say: Calla
     run_id, resumed = open_run(client, store, exp.tracking.experiment, run_name)
     say(f"[{run_name}] {'resuming' if resumed else 'started'} MLflow run {run_id} in {store.uri}")
     try:
-        summary = _train_and_log(exp, source, store, client, run_id, run_name, storage, use_gpu, say)
+        _train_and_log(exp, source, store, client, run_id, run_name, storage, use_gpu, say)
     except KeyboardInterrupt:
         client.set_terminated(run_id, "KILLED")
         raise
@@ -97,27 +97,31 @@ def run_experiment(exp: ExperimentConfig, source: Path | None = None, say: Calla
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
+    loss_by_step = {metric.step: metric.value for metric in client.get_metric_history(run_id, "loss")}
+    steps = sorted(loss_by_step)
     return RunSummary(
         run_name=run_name,
         run_id=run_id,
         tracking_uri=store.uri,
         storage=f"{storage}/{run_name}",
         resumed=resumed,
-        **summary,
+        steps=steps[-1] if steps else 0,
+        first_loss=loss_by_step[steps[0]] if steps else None,
+        last_loss=loss_by_step[steps[-1]] if steps else None,
     )
 
 
 def _train_and_log(
     exp: ExperimentConfig,
     source: Path | None,
-    store,
+    store: TrackingStore,
     client: MlflowClient,
     run_id: str,
     run_name: str,
     storage: str,
     use_gpu: bool,
     say: Callable[[str], None],
-) -> dict:
+) -> None:
     changed = log_params(client, run_id, flatten(exp))
     if changed:
         say(f"[{run_name}] note: resumed with changed settings (MLflow keeps the first values): {', '.join(changed)}")
@@ -169,12 +173,3 @@ def _train_and_log(
     with tempfile.TemporaryDirectory() as folder:
         export_hf(exp.model, vocab_size, state_dict, tokenizer, Path(folder) / "model")
         client.log_artifacts(run_id, str(Path(folder) / "model"), "model")
-
-    history = client.get_metric_history(run_id, "loss")
-    by_step = {metric.step: metric.value for metric in history}
-    steps = sorted(by_step)
-    return {
-        "steps": steps[-1] if steps else 0,
-        "first_loss": by_step[steps[0]] if steps else None,
-        "last_loss": by_step[steps[-1]] if steps else None,
-    }

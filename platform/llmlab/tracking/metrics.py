@@ -34,8 +34,13 @@ class MetricLogger:
 
 
 @contextlib.contextmanager
-def system_metrics(tracking_uri: str, run_id: str, node_id: str, interval_s: float) -> Iterator[None]:
-    """Log this node's CPU, memory, disk, network (and GPU) as system/<node_id>/... metrics."""
+def system_metrics(
+    tracking_uri: str, run_id: str, node_id: str, interval_s: float, resume: bool = False
+) -> Iterator[None]:
+    """Log this node's CPU, memory, disk, network (and GPU) as system/<node_id>/... metrics.
+
+    `resume` continues the step count of a resumed run instead of starting again at 0.
+    """
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     monitor = SystemMetricsMonitor(
@@ -44,6 +49,7 @@ def system_metrics(tracking_uri: str, run_id: str, node_id: str, interval_s: flo
         samples_before_logging=1,
         node_id=node_id,
         tracking_uri=tracking_uri,
+        resume_logging=resume,
     )
     monitor.start()
     try:

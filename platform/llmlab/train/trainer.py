@@ -102,6 +102,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             spec.run_id,
             f"node{context.get_node_rank()}",
             exp.tracking.system_metrics_interval_s,
+            resume=start_step > 0,
         )
         if context.get_local_rank() == 0 and exp.tracking.system_metrics
         else contextlib.nullcontext()
