@@ -48,3 +48,4 @@ def quiet_data_progress() -> None:
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)

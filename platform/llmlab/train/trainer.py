@@ -43,8 +43,10 @@ class WorkerSpec:
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     spec = WorkerSpec(**loop_config)
-    # Ray Train logs every report at INFO; the progress line already says what matters.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    # INFO lines would drown the progress display: MLflow's monitor start/stop, and Ray Train's
+    # per-report line, whose logger is named after its file path and so hangs off the root.
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     exp = ExperimentConfig.model_validate(spec.experiment)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -137,6 +139,8 @@ def fit(exp: ExperimentConfig, spec: WorkerSpec, storage_path: str, use_gpu: boo
             name=spec.run_name,
             storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=exp.train.keep_checkpoints),
+            # Ray Train logs every report at INFO; the progress line already says what matters.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     return trainer.fit()
