@@ -12,6 +12,7 @@ become fields of `AttentionPattern` that each backend accepts or refuses.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -29,7 +30,7 @@ class AttentionPattern:
     causal: bool = True
 
 
-class AttentionBackend(nn.Module):
+class AttentionBackend(nn.Module, ABC):
     """Computes softmax(q k^T / sqrt(D)) v for q_BLHD, k_BLKD, v_BLKD; H must be a multiple of K.
 
     A module (with no parameters) rather than a function so that it can be swapped or wrapped in
@@ -54,8 +55,9 @@ class AttentionBackend(nn.Module):
             return "supports causal attention only"
         return None
 
+    @abstractmethod
     def forward(self, q_BLHD: torch.Tensor, k_BLKD: torch.Tensor, v_BLKD: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """o_BLHD for the backend's pattern."""
 
     def extra_repr(self) -> str:
         return f"name={self.name}, pattern={self.pattern}"
