@@ -48,7 +48,7 @@ def tok(demo_rows):
 
 def test_config_defaults_and_validation():
     cfg = DataConfig()
-    assert cfg.paths == [] and cfg.seq_len == 128 and cfg.vocab_size == 2048
+    assert cfg.sources == [] and cfg.seq_len == 128 and cfg.vocab_size == 2048
     with pytest.raises(ValidationError):
         DataConfig(seq_len=0)
     with pytest.raises(ValidationError):
@@ -213,6 +213,10 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _source(*paths: Path | str, text_field: str = "text", name: str = "input") -> dict:
+    return {"name": name, "paths": [str(p) for p in paths], "text_field": text_field}
+
+
 def test_read_corpus_files_and_globs(ray_session, tmp_path):
     from llmlab.data import read_corpus
 
@@ -221,20 +225,78 @@ def test_read_corpus_files_and_globs(ray_session, tmp_path):
     _write_jsonl(tmp_path / "a.jsonl", a)
     _write_jsonl(tmp_path / "b.jsonl", b)
 
-    ds = read_corpus(DataConfig(paths=[str(tmp_path / "*.jsonl")], text_field="content"))
-    assert ds.columns() == ["text"]
-    assert [r["text"] for r in ds.take_all()] == [r["content"] for r in a + b]
+    ds, report = read_corpus(DataConfig(sources=[_source(tmp_path / "*.jsonl", text_field="content")]))
+    rows = ds.take_all()
+    assert [r["text"] for r in rows] == [r["content"] for r in a + b]
+    assert [r["id"] for r in rows] == [r["id"] for r in a + b]  # other fields pass through
+    assert {r["domain"] for r in rows} == {"input"}
+    assert report.rows == 8 and report.kept == 8 and report.dropped == {}
 
-    cfg = DataConfig(paths=[str(tmp_path / "b.jsonl")], text_field="content", max_docs=2)
-    assert [r["text"] for r in read_corpus(cfg).take_all()] == ["doc b0", "doc b1"]
+    cfg = DataConfig(sources=[_source(tmp_path / "b.jsonl", text_field="content")], max_docs=2)
+    assert [r["text"] for r in read_corpus(cfg)[0].take_all()] == ["doc b0", "doc b1"]
 
     (tmp_path / "c.txt").write_text("line one\n\nline two\n")
-    pq.write_table(pa.table({"text": ["pq 0", "pq 1"], "domain": ["x", "y"]}), tmp_path / "d.pq")
+    pq.write_table(pa.table({"text": ["pq 0", "pq 1"], "lang": ["x", "y"]}), tmp_path / "d.pq")
     os.rename(tmp_path / "d.pq", tmp_path / "d.parquet")
-    ds = read_corpus(DataConfig(paths=[str(tmp_path / "c.txt")]))
-    assert [r["text"] for r in ds.take_all()] == ["line one", "line two"]
-    ds = read_corpus(DataConfig(paths=[str(tmp_path / "d.parquet")]))
-    assert ds.take_all() == [{"text": "pq 0", "domain": "x"}, {"text": "pq 1", "domain": "y"}]
+    ds, _ = read_corpus(DataConfig(sources=[_source(tmp_path / "c.txt", name="txt")]))
+    assert [(r["text"], r["domain"]) for r in ds.take_all()] == [("line one", "txt"), ("line two", "txt")]
+    ds, _ = read_corpus(DataConfig(sources=[_source(tmp_path / "d.parquet", name="pq")]))
+    assert ds.take_all() == [
+        {"text": "pq 0", "lang": "x", "domain": "pq"},
+        {"text": "pq 1", "lang": "y", "domain": "pq"},
+    ]
+
+
+def test_bad_rows_are_counted_by_reason_and_dropped(ray_session, tmp_path):
+    """Good rows, empty text, a number for text, a missing field, invalid UTF-8, broken JSON and
+    a huge row in one file: only the good rows come out, every bad one is counted, nothing crashes."""
+    from llmlab.data import read_corpus
+
+    lines = [
+        json.dumps({"text": "good one", "id": 1}).encode(),
+        json.dumps({"text": "", "id": 2}).encode(),
+        json.dumps({"text": "   ", "id": 3}).encode(),
+        json.dumps({"text": 42, "id": 4}).encode(),
+        json.dumps({"body": "no text field", "id": 5}).encode(),
+        b'{"text": "caf\xe9 latin-1", "id": 6}',
+        b'{"text": "unterminated',
+        json.dumps({"text": "x" * 5000, "id": 8}).encode(),
+        json.dumps({"text": "good two", "id": 9}).encode(),
+    ]
+    (tmp_path / "mixed.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "more.txt").write_bytes(b"plain line\n\xff\xfe broken\n")
+    cfg = DataConfig(
+        sources=[_source(tmp_path / "mixed.jsonl", name="web"), _source(tmp_path / "more.txt", name="txt")],
+        max_doc_chars=1000,
+    )
+    ds, report = read_corpus(cfg)
+    assert sorted(r["text"] for r in ds.take_all()) == ["good one", "good two", "plain line"]
+    assert report.dropped == {
+        "empty": 2,
+        "not_string": 1,
+        "missing": 1,
+        "invalid_utf8": 2,
+        "invalid_json": 1,
+        "too_long": 1,
+    }
+    assert report.rows == 11 and report.kept == 3
+    assert report.kept_per_domain == {"web": 2, "txt": 1}
+    assert report.bad_fraction == pytest.approx(8 / 11)
+
+
+def test_bad_fraction_limit_stops_with_one_line(ray_session, tmp_path):
+    from llmlab.data.corpus import DataQualityError, load_corpus
+
+    (tmp_path / "f.jsonl").write_text('{"text": "ok"}\n{"text": 1}\n{"text": "fine"}\n')
+    seen = []
+    cfg = DataConfig(sources=[_source(tmp_path / "f.jsonl")], max_bad_fraction=0.2)
+    with pytest.raises(DataQualityError) as caught:
+        load_corpus(cfg, on_report=lambda name, report: seen.append((name, report["dropped"])))
+    assert seen == [("validation", {"not_string": 1})]  # counts reported before the stop
+    assert str(caught.value).startswith("data.max_bad_fraction: 33.33% of 3 rows are invalid (not_string 1)")
+    assert "\n" not in str(caught.value)
+    corpus = load_corpus(cfg.model_copy(update={"max_bad_fraction": 0.5}))
+    assert corpus.dataset.count() == 2
 
 
 def test_read_corpus_missing_path(ray_session, tmp_path):
@@ -242,9 +304,28 @@ def test_read_corpus_missing_path(ray_session, tmp_path):
 
     missing = str(tmp_path / "nope.jsonl")
     with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
-        read_corpus(DataConfig(paths=[missing]))
+        read_corpus(DataConfig(sources=[_source(missing)]))
     with pytest.raises(FileNotFoundError, match=r"nothing\*\.jsonl"):
-        read_corpus(DataConfig(paths=[str(tmp_path / "nothing*.jsonl")]))
+        read_corpus(DataConfig(sources=[_source(tmp_path / "nothing*.jsonl")]))
+    (tmp_path / "table.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match=r"cannot tell the format"):
+        read_corpus(DataConfig(sources=[_source(tmp_path / "table.csv")]))
+
+
+def test_changed_source_files_rebuild_the_shards(ray_session, tok, demo_rows, tmp_path):
+    from llmlab.data import prepare_token_shards
+    from llmlab.data.corpus import source_fingerprint
+
+    path = tmp_path / "in.jsonl"
+    _write_jsonl(path, demo_rows[:10])
+    cfg = DataConfig(sources=[_source(path)], seq_len=16)
+    out = str(tmp_path / "out")
+    _, first = prepare_token_shards(cfg, out, tokenizer=tok, fingerprint=source_fingerprint(cfg))
+    _, again = prepare_token_shards(cfg, out, tokenizer=tok, fingerprint=source_fingerprint(cfg))
+    assert again == first  # same files: reused
+    _write_jsonl(path, demo_rows[:20])
+    _, rebuilt = prepare_token_shards(cfg, out, tokenizer=tok, fingerprint=source_fingerprint(cfg))
+    assert rebuilt.num_docs == 20 and rebuilt.source_fingerprint != first.source_fingerprint
 
 
 def test_pipeline_on_jsonl_with_given_tokenizer(ray_session, tok, demo_rows, tmp_path):
@@ -252,7 +333,7 @@ def test_pipeline_on_jsonl_with_given_tokenizer(ray_session, tok, demo_rows, tmp
 
     _write_jsonl(tmp_path / "in.jsonl", demo_rows[:40])
     tok.save(str(tmp_path / "tok.json"))
-    cfg = DataConfig(paths=[str(tmp_path / "in.jsonl")], seq_len=16, tokenizer=str(tmp_path / "tok.json"))
+    cfg = DataConfig(sources=[_source(tmp_path / "in.jsonl")], seq_len=16, tokenizer=str(tmp_path / "tok.json"))
     out = tmp_path / "out"
     got_tok, manifest = prepare_token_shards(cfg, str(out))
     assert got_tok.to_str() == tok.to_str()
@@ -267,7 +348,7 @@ def test_pipeline_out_dir_as_uri(ray_session, tok, demo_rows, tmp_path):
     from llmlab.data import prepare_token_shards
 
     _write_jsonl(tmp_path / "in.jsonl", demo_rows[:10])
-    cfg = DataConfig(paths=[str(tmp_path / "in.jsonl")], seq_len=16)
+    cfg = DataConfig(sources=[_source(tmp_path / "in.jsonl")], seq_len=16)
     uri = f"file://{tmp_path}/uri_out"
     _, manifest = prepare_token_shards(cfg, uri, tokenizer=tok)
     assert (tmp_path / "uri_out" / "manifest.json").is_file()

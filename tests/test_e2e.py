@@ -164,9 +164,10 @@ def test_unreachable_tracking_store_stops_before_compute(tmp_path: Path) -> None
 
 
 def test_missing_data_is_one_line_before_any_run(tmp_path: Path) -> None:
-    result = llmlab(tmp_path, "run", str(QUICKSTART), "data.paths=[nowhere/*.jsonl]")
+    result = llmlab(tmp_path, "run", str(QUICKSTART), "data.sources=[{name: web, paths: [nowhere/*.jsonl]}]")
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: data.paths: data path not found: no file matches nowhere/*.jsonl"
+    expected = "error: data.sources.0.paths: data path not found: no file matches nowhere/*.jsonl"
+    assert result.stderr.strip() == expected
     assert not (tmp_path / "mlflow.db").exists() or not store_client(tmp_path).search_experiments(
         filter_string="name = 'quickstart'"
     )

@@ -84,6 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     from ray.train import TrainingFailedError
 
     from llmlab.config import ConfigError
+    from llmlab.data.corpus import DataQualityError
     from llmlab.experiment import failure_summary, run_experiment
     from llmlab.tracking.store import TrackingUnavailable
 
@@ -92,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         summary = run_experiment(exp, source=args.experiment)
-    except (ConfigError, TrackingUnavailable) as err:
+    except (ConfigError, TrackingUnavailable, DataQualityError) as err:
         raise UserError(str(err)) from None
     except TrainingFailedError as err:
         # Ray has printed the workers' tracebacks above; this line says what to look for.

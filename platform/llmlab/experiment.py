@@ -11,12 +11,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import ray.data
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from llmlab.cluster import cluster_has_gpus, connect_ray, quiet_data_progress
 from llmlab.config import ConfigError, ExperimentConfig, flatten, to_yaml
 from llmlab.data.config import DataConfig
+from llmlab.data.corpus import load_corpus, source_fingerprint
 from llmlab.data.pipeline import prepare_token_shards
 from llmlab.data.sources import expand_paths
 from llmlab.data.tokenizer import load_tokenizer
@@ -59,12 +63,25 @@ def failure_summary(error: BaseException) -> str:
     return lines[-1][:300] if lines else type(cause).__name__
 
 
+def flatten_numbers(report: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a nested report, as dotted keys (for MLflow metrics)."""
+    numbers: dict[str, float] = {}
+    for key, value in report.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            numbers.update(flatten_numbers(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            numbers[name] = float(value)
+    return numbers
+
+
 def check_data_inputs(data: DataConfig) -> None:
     """Missing corpus files or a broken tokenizer are user errors: catch them before any run starts."""
-    try:
-        expand_paths(data.paths)
-    except (FileNotFoundError, ValueError) as err:
-        raise ConfigError("data.paths", str(err)) from None
+    for index, source in enumerate(data.sources):
+        try:
+            expand_paths(source.paths)
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"data.sources.{index}.paths", str(err)) from None
     if data.tokenizer is not None:
         try:
             load_tokenizer(data.tokenizer)
@@ -131,7 +148,22 @@ def _train_and_log(
         client.set_tag(run_id, "llmlab.experiment_file", str(source))
 
     data_dir = f"{storage}/{run_name}/llmlab_data"
-    tokenizer, manifest = prepare_token_shards(exp.data, data_dir)
+
+    def log_data_report(name: str, report: dict[str, Any]) -> None:
+        client.log_dict(run_id, report, f"data/{name}_report.json")
+        numbers = {f"data.{name}.{key}": value for key, value in flatten_numbers(report).items()}
+        client.log_batch(
+            run_id, metrics=[Metric(key, value, int(time.time() * 1000), 0) for key, value in numbers.items()]
+        )
+        say(f"[{run_name}] {name}: " + ", ".join(f"{key} {value:g}" for key, value in flatten_numbers(report).items()))
+
+    def documents() -> ray.data.Dataset:
+        # Called only when the token shards are (re)built, not when a resumed run reuses them.
+        return load_corpus(exp.data, on_report=log_data_report).dataset
+
+    tokenizer, manifest = prepare_token_shards(
+        exp.data, data_dir, documents=documents, fingerprint=source_fingerprint(exp.data)
+    )
     vocab_size = tokenizer.get_vocab_size()
     # A larger table than the tokenizer's is padding (a friendlier matrix size); smaller cannot work.
     if exp.model.vocab_size is not None and exp.model.vocab_size < vocab_size:

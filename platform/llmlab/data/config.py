@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llmlab.data.dedup.config import DedupConfig
+
+
+class SourceConfig(BaseModel):
+    """One domain of the corpus: its files and where the text is in them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        "default", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="Domain name (metrics are per domain)."
+    )
+    paths: list[str] = Field(
+        min_length=1,
+        description="jsonl/json, parquet or txt files, globs or folders, local or remote (s3://, gs://).",
+    )
+    text_field: str = Field("text", min_length=1, description="Field (jsonl key, parquet column) holding the text.")
+    weight: float | None = Field(None, gt=0, description="Sampling weight of the domain (for data mixing).")
 
 
 class DataConfig(BaseModel):
@@ -14,14 +32,21 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    paths: list[str] = Field(
+    sources: list[SourceConfig] = Field(
         default_factory=list,
-        description=(
-            "jsonl/json, parquet or txt files, globs or directories, local or remote (s3://, gs://)."
-            " Empty means the built-in demo corpus."
-        ),
+        description="Domains of the corpus, each a list of files; empty means the built-in demo corpus.",
     )
-    text_field: str = Field(default="text", description="Column (jsonl key) that holds the document text.")
+    max_doc_chars: int = Field(
+        default=1_000_000, gt=0, description="Documents longer than this (in characters) are dropped as too long."
+    )
+    max_bad_fraction: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Stop the run if more than this fraction of rows is invalid (missing, empty, non-string, "
+        "invalid UTF-8, too long); fewer are dropped and counted.",
+    )
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact and near-duplicate removal.")
     seq_len: int = Field(default=128, gt=0, description="Tokens per training sequence.")
     vocab_size: int = Field(
         default=2048,
@@ -44,3 +69,11 @@ class DataConfig(BaseModel):
     demo_docs_per_domain: int = Field(
         default=3000, gt=0, description="Documents per domain of the built-in demo corpus."
     )
+
+    @model_validator(mode="after")
+    def _unique_domains(self) -> DataConfig:
+        names = [source.name for source in self.sources]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"sources: domain names must be unique (got {', '.join(duplicated)} twice)")
+        return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -86,13 +87,13 @@ def _texts(ds: ray.data.Dataset, limit: int):
         yield from (str(t) for t in batch["text"])
 
 
-def _reusable(out_dir: str, cfg: DataConfig, tokenizer: Tokenizer | None) -> Manifest | None:
-    """The manifest in `out_dir` if it was built from this config (and this tokenizer)."""
+def _reusable(out_dir: str, cfg: DataConfig, tokenizer: Tokenizer | None, fingerprint: str) -> Manifest | None:
+    """The manifest in `out_dir` if it was built from this config, these files (and this tokenizer)."""
     try:
         manifest = Manifest.load(join(out_dir, MANIFEST_NAME))
     except FileNotFoundError:
         return None
-    if manifest.config != cfg.model_dump(mode="json"):
+    if manifest.config != cfg.model_dump(mode="json") or manifest.source_fingerprint != fingerprint:
         return None
     if tokenizer is not None and manifest.tokenizer_sha256 != _sha256(tokenizer.to_str()):
         return None
@@ -110,6 +111,8 @@ def prepare_token_shards(
     out_dir: str,
     tokenizer: Tokenizer | None = None,
     *,
+    documents: Callable[[], ray.data.Dataset] | None = None,
+    fingerprint: str = "",
     batch_docs: int = BATCH_DOCS,
 ) -> tuple[Tokenizer, Manifest]:
     """Build (or reuse) the token shards of `cfg` under `out_dir` (local path or URI).
@@ -117,18 +120,21 @@ def prepare_token_shards(
     Writes ``tokenizer.json``, the shard files and, last, ``manifest.json``: a manifest on disk
     means a complete build, and one whose config and tokenizer match is reused as is.
     `batch_docs` (documents per task and per shard at most) changes only how the tokens are cut
-    into shards, so it is not part of the reuse check.
+    into shards, so it is not part of the reuse check. `fingerprint` identifies the source files
+    (see `corpus.source_fingerprint`): changed files invalidate the shards even under the same
+    config. `documents` builds the document dataset, and is called only when shards are built.
     """
     if "://" not in out_dir:
         out_dir = os.path.abspath(out_dir)  # tasks may run in other working directories
     if tokenizer is None and cfg.tokenizer is not None:
         tokenizer = load_tokenizer(cfg.tokenizer)
 
-    manifest = _reusable(out_dir, cfg, tokenizer)
+    manifest = _reusable(out_dir, cfg, tokenizer, fingerprint)
     if manifest is not None:
         return tokenizer or _load_saved_tokenizer(out_dir), manifest
 
-    ds = read_corpus(cfg)
+    ds = documents() if documents is not None else read_corpus(cfg)[0]
+    ds = ds.select_columns(["text"])
     # Shard order must follow document order for the manifest to be reproducible. The dataset's
     # context is a private copy, so this does not change the caller's global DataContext.
     ds.context.execution_options.preserve_order = True
@@ -156,6 +162,7 @@ def prepare_token_shards(
     ).take_all()
 
     manifest = _build_manifest(meta, cfg, vocab_size, dtype, _sha256(tokenizer_json))
+    manifest.source_fingerprint = fingerprint
     if manifest.num_sequences == 0:
         raise ValueError(
             f"the corpus gave no sequence of seq_len+1={cfg.seq_len + 1} tokens "

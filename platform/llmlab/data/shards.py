@@ -61,6 +61,7 @@ class Manifest:
     shards: list[ShardInfo] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     tokenizer_sha256: str = ""
+    source_fingerprint: str = ""  # of the source files (names, sizes, modification times)
     version: int = MANIFEST_VERSION
 
     @classmethod

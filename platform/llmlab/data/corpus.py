@@ -1,0 +1,70 @@
+"""The documents an experiment trains on: sources read and validated, then (optionally) deduplicated."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ray.data
+
+from llmlab.data.config import DataConfig
+from llmlab.data.shards import resolve
+from llmlab.data.sources import ValidationReport, expand_paths, read_corpus
+
+
+class DataQualityError(ValueError):
+    """Too many invalid rows: the message is one line naming the limit and the counts."""
+
+
+@dataclass
+class Corpus:
+    dataset: ray.data.Dataset
+    validation: ValidationReport
+    dedup: Any | None = None  # llmlab.data.dedup.DedupReport when dedup ran
+
+    def reports(self) -> dict[str, Any]:
+        reports: dict[str, Any] = {"validation": self.validation.as_dict()}
+        if self.dedup is not None:
+            reports["dedup"] = self.dedup.as_dict()
+        return reports
+
+
+def check_bad_fraction(report: ValidationReport, max_bad_fraction: float) -> None:
+    if report.bad_fraction > max_bad_fraction:
+        dropped = ", ".join(f"{reason} {count}" for reason, count in sorted(report.dropped.items()))
+        raise DataQualityError(
+            f"data.max_bad_fraction: {report.bad_fraction:.2%} of {report.rows} rows are invalid ({dropped}), "
+            f"above the limit of {max_bad_fraction:.2%}; fix the data or raise data.max_bad_fraction"
+        )
+
+
+def load_corpus(cfg: DataConfig, on_report: Callable[[str, dict[str, Any]], None] | None = None) -> Corpus:
+    """Read, validate, check the bad fraction, dedup. `on_report(name, report)` sees each report
+    as soon as it exists, so counts are recorded even when the bad-fraction check stops the run."""
+    dataset, validation = read_corpus(cfg)
+    if on_report is not None:
+        on_report("validation", validation.as_dict())
+    check_bad_fraction(validation, cfg.max_bad_fraction)
+    corpus = Corpus(dataset, validation)
+    if cfg.dedup.enabled:
+        from llmlab.data.dedup import dedup_dataset
+
+        corpus.dataset, corpus.dedup = dedup_dataset(dataset, cfg.dedup)
+        if on_report is not None:
+            on_report("dedup", corpus.dedup.as_dict())
+    return corpus
+
+
+def source_fingerprint(cfg: DataConfig) -> str:
+    """Names, sizes and modification times of every source file: a changed file means new shards."""
+    files: list[list[Any]] = []
+    for source in cfg.sources:
+        for path in expand_paths(source.paths):
+            fs, fs_path = resolve(path)
+            info = fs.get_file_info(fs_path)
+            files.append([source.name, path, info.size, str(info.mtime)])
+    payload = json.dumps(files or ["demo"], sort_keys=True).encode("utf-8")
+    return hashlib.sha256(payload).hexdigest()
