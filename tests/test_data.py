@@ -314,7 +314,7 @@ def test_read_corpus_missing_path(ray_session, tmp_path):
 
 def test_changed_source_files_rebuild_the_shards(ray_session, tok, demo_rows, tmp_path):
     from llmlab.data import prepare_token_shards
-    from llmlab.data.corpus import source_fingerprint
+    from llmlab.data.corpus import cache_key, source_fingerprint
 
     path = tmp_path / "in.jsonl"
     _write_jsonl(path, demo_rows[:10])
@@ -323,7 +323,11 @@ def test_changed_source_files_rebuild_the_shards(ray_session, tok, demo_rows, tm
     _, first = prepare_token_shards(cfg, out, tokenizer=tok, fingerprint=source_fingerprint(cfg))
     _, again = prepare_token_shards(cfg, out, tokenizer=tok, fingerprint=source_fingerprint(cfg))
     assert again == first  # same files: reused
+    key = cache_key(cfg, source_fingerprint(cfg))
+    assert key == cache_key(cfg.model_copy(), source_fingerprint(cfg))
+    assert key != cache_key(cfg.model_copy(update={"seq_len": 32}), source_fingerprint(cfg))
     _write_jsonl(path, demo_rows[:20])
+    assert cache_key(cfg, source_fingerprint(cfg)) != key
     _, rebuilt = prepare_token_shards(cfg, out, tokenizer=tok, fingerprint=source_fingerprint(cfg))
     assert rebuilt.num_docs == 20 and rebuilt.source_fingerprint != first.source_fingerprint
 

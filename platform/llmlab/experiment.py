@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from llmlab.cluster import cluster_has_gpus, connect_ray, quiet_data_progress
 from llmlab.config import ConfigError, ExperimentConfig, flatten, to_yaml
 from llmlab.data.config import DataConfig
-from llmlab.data.corpus import load_corpus, source_fingerprint
+from llmlab.data.corpus import cache_key, load_corpus, source_fingerprint
 from llmlab.data.pipeline import prepare_token_shards
 from llmlab.data.sources import expand_paths
 from llmlab.data.tokenizer import load_tokenizer
@@ -147,7 +147,10 @@ def _train_and_log(
     if source is not None:
         client.set_tag(run_id, "llmlab.experiment_file", str(source))
 
-    data_dir = f"{storage}/{run_name}/llmlab_data"
+    fingerprint = source_fingerprint(exp.data)
+    # Shared by every run with the same data settings and files: tokenized once, reused after.
+    data_dir = f"{storage}/_tokenized/{cache_key(exp.data, fingerprint)}"
+    client.set_tag(run_id, "llmlab.data_dir", data_dir)
 
     def log_data_report(name: str, report: dict[str, Any]) -> None:
         client.log_dict(run_id, report, f"data/{name}_report.json")
@@ -161,9 +164,7 @@ def _train_and_log(
         # Called only when the token shards are (re)built, not when a resumed run reuses them.
         return load_corpus(exp.data, on_report=log_data_report).dataset
 
-    tokenizer, manifest = prepare_token_shards(
-        exp.data, data_dir, documents=documents, fingerprint=source_fingerprint(exp.data)
-    )
+    tokenizer, manifest = prepare_token_shards(exp.data, data_dir, documents=documents, fingerprint=fingerprint)
     vocab_size = tokenizer.get_vocab_size()
     # A larger table than the tokenizer's is padding (a friendlier matrix size); smaller cannot work.
     if exp.model.vocab_size is not None and exp.model.vocab_size < vocab_size:

@@ -68,3 +68,10 @@ def source_fingerprint(cfg: DataConfig) -> str:
             files.append([source.name, path, info.size, str(info.mtime)])
     payload = json.dumps(files or ["demo"], sort_keys=True).encode("utf-8")
     return hashlib.sha256(payload).hexdigest()
+
+
+def cache_key(cfg: DataConfig, fingerprint: str) -> str:
+    """Names the folder of a corpus's token shards: runs with the same data settings and source
+    files share one (the manifest inside still checks config, files and tokenizer before reuse)."""
+    payload = json.dumps([cfg.model_dump(mode="json"), fingerprint], sort_keys=True).encode("utf-8")
+    return hashlib.sha256(payload).hexdigest()[:16]
