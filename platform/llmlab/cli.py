@@ -57,6 +57,20 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--docs-per-domain", type=int, default=3000)
     demo.set_defaults(handler=_data_demo)
 
+    dedup = commands.add_parser("dedup", help="remove exact and near-duplicate documents (MinHash LSH) on Ray")
+    dedup.add_argument("input", help="jsonl/json, parquet or txt file, glob or folder")
+    dedup.add_argument("out", type=Path, help="output folder (kept rows as parquet, report.json)")
+    dedup.add_argument("overrides", nargs="*", help="dedup settings, e.g. threshold=0.85 shingle=char ngram=24")
+    dedup.add_argument("--text-field", default="text", help="field holding the text (default: text)")
+    dedup.set_defaults(handler=_dedup)
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    bench_dedup = bench_commands.add_parser("dedup", help="dedup quality (vs brute force) and speed (vs datasketch)")
+    bench_dedup.add_argument("--docs", type=int, default=100_000)
+    bench_dedup.add_argument("--threshold", type=float, default=0.8)
+    bench_dedup.set_defaults(handler=_bench_dedup)
+
     ui = commands.add_parser("ui", help="the MLflow UI over the local store, on 127.0.0.1")
     ui.add_argument("--uri", help="tracking store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
@@ -127,6 +141,80 @@ def _data_demo(args: argparse.Namespace) -> int:
     paths = write_demo_corpus(args.out, args.docs_per_domain)
     for path in paths:
         print(path)
+    return 0
+
+
+def _dedup_config(overrides: list[str]):
+    from pydantic import ValidationError
+
+    from llmlab.config import ConfigError, apply_override
+    from llmlab.data.dedup import DedupConfig
+
+    raw: dict = {}
+    try:
+        for override in overrides:
+            apply_override(raw, override)
+        return DedupConfig.model_validate(raw)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "dedup"
+        problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        raise UserError(f"{key}: {problem}") from None
+
+
+def _connect_data_ray() -> None:
+    """A local Ray for a data-only job (or the cluster in $RAY_ADDRESS), as `connect_ray` does."""
+    from llmlab.cluster import connect_ray, quiet_data_progress
+    from llmlab.config import ClusterConfig
+    from llmlab.train.config import TrainConfig
+
+    connect_ray(ClusterConfig(), TrainConfig())
+    quiet_data_progress()
+
+
+def _dedup(args: argparse.Namespace) -> int:
+    import json
+
+    from llmlab.data.config import SourceConfig
+    from llmlab.data.dedup import DedupError, dedup_dataset
+    from llmlab.data.sources import expand_paths, read_documents
+
+    cfg = _dedup_config(args.overrides)
+    try:
+        expand_paths([args.input])
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(str(err)) from None
+    _connect_data_ray()
+    source = SourceConfig(paths=[args.input], text_field=args.text_field)
+    ds, validation = read_documents([source], max_doc_chars=10**9)
+    try:
+        out, report = dedup_dataset(ds.drop_columns(["domain"]), cfg)
+    except DedupError as err:
+        raise UserError(str(err)) from None
+    if args.text_field != "text":  # read_documents puts the text in `text`; give it back its name
+        out = out.rename_columns({"text": args.text_field})
+    args.out.mkdir(parents=True, exist_ok=True)
+    out.write_parquet(str(args.out))
+    (args.out / "report.json").write_text(
+        json.dumps({"validation": validation.as_dict(), "dedup": report.as_dict()}, indent=2, default=str)
+    )
+    print(validation.format())
+    print(report.format())
+    print(f"wrote {report.after_near} rows to {args.out}")
+    return 0
+
+
+def _bench_dedup(args: argparse.Namespace) -> int:
+    from llmlab.bench.dedup import run_bench
+
+    if args.docs < 4:
+        raise UserError(f"--docs: must be at least 4 (got {args.docs})")
+    if not 0 < args.threshold <= 1:
+        raise UserError(f"--threshold: must be in (0, 1] (got {args.threshold})")
+    _connect_data_ray()
+    print(run_bench(args.docs, args.threshold).format())
     return 0
 
 
