@@ -416,3 +416,17 @@ def test_sampler_rejects_bad_sizes():
         GlobalBatchSampler(0, 10, seed=0)
     with pytest.raises(ValueError):
         GlobalBatchSampler(100, 10, seed=0).rank_indices(0, 2, 2)
+
+
+def test_experiment_corpus_dedups_when_enabled(ray_session, tmp_path):
+    from llmlab.data.corpus import load_corpus
+
+    rows = [{"text": "the same words in the same order for a dedup test", "id": i} for i in range(3)]
+    rows.append({"text": "something entirely different from the others here", "id": 3})
+    _write_jsonl(tmp_path / "dup.jsonl", rows)
+    reports = {}
+    cfg = DataConfig(sources=[_source(tmp_path / "dup.jsonl")], dedup={"enabled": True, "id_field": "id"})
+    corpus = load_corpus(cfg, on_report=reports.__setitem__)
+    assert sorted(row["id"] for row in corpus.dataset.take_all()) == [0, 3]
+    assert set(reports) == {"validation", "dedup"}
+    assert reports["dedup"]["after_exact"] == 2 == corpus.dedup.after_near
