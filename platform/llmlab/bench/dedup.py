@@ -178,5 +178,8 @@ def run_bench(docs: int, threshold: float, quality_docs: int = 3000, datasketch_
     seconds_quarter = llmlab_seconds(texts[: docs // 4], threshold)
     seconds = llmlab_seconds(texts, threshold)
     rate = datasketch_docs_per_second(texts[:datasketch_docs], threshold)
-    cpus = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    # Per core means per physical core used: a local Ray declares more logical CPUs than the
+    # machine has (each task holds one), and dividing by those would flatter llmlab.
+    cores = float(os.cpu_count() or 1)
+    cpus = min(float(ray.cluster_resources().get("CPU", cores)), cores)
     return BenchResult(q, docs, seconds, seconds_quarter, cpus, rate)
