@@ -1,8 +1,30 @@
-"""Exact and MinHash-LSH near-duplicate removal on Ray Data."""
+"""Exact and MinHash-LSH near-duplicate removal on Ray Data.
+
+The Ray Data pipeline loads on first use: the experiment config imports `DedupConfig` from here,
+and Ray Train workers and `import llmlab.data` must not pay for (or need) Ray.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from llmlab.data.dedup.config import DedupConfig, NormalizeConfig
-from llmlab.data.dedup.pipeline import DedupError, dedup_dataset, resolve_bands_rows, run_dedup
 from llmlab.data.dedup.report import DedupReport
+
+if TYPE_CHECKING:
+    from llmlab.data.dedup.pipeline import DedupError, dedup_dataset, resolve_bands_rows, run_dedup
+
+_LAZY = {
+    name: "llmlab.data.dedup.pipeline" for name in ("DedupError", "dedup_dataset", "resolve_bands_rows", "run_dedup")
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DedupConfig",
