@@ -6,8 +6,9 @@ workers and a plain torch loop can import `llmlab.data` without paying for (or n
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from llmlab._lazy import lazy_getattr
 from llmlab.data.config import DataConfig
 from llmlab.data.demo import build_demo_rows, write_demo_corpus
 from llmlab.data.sampler import GlobalBatchSampler
@@ -29,12 +30,7 @@ if TYPE_CHECKING:
 _LAZY = {"prepare_token_shards": "llmlab.data.pipeline", "read_corpus": "llmlab.data.sources"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'llmlab.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

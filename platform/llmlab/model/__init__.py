@@ -7,9 +7,9 @@ train the plain `Transformer` never pay for it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from llmlab._lazy import lazy_getattr
 from llmlab.model.attention import (
     ATTENTION_BACKENDS,
     AttentionBackend,
@@ -44,7 +44,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -6,9 +6,9 @@ and Ray Train workers and `import llmlab.data` must not pay for (or need) Ray.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from llmlab._lazy import lazy_getattr
 from llmlab.data.dedup.config import DedupConfig, NormalizeConfig
 from llmlab.data.dedup.report import DedupReport
 
@@ -20,10 +20,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [
