@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from datasketch import MinHash, MinHashLSH
+from mlflow.tracking import MlflowClient
 
 from llmlab.bench.dedup import brute_force_pairs, synthetic_corpus
 from llmlab.data.dedup import DedupConfig, NormalizeConfig, dedup_dataset, run_dedup
@@ -156,9 +158,10 @@ def test_signature_verification_and_char_shingles(ray_session) -> None:
     assert np.all(result.scores >= 0.9)
 
 
-def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    # In the test's folder: the job's MLflow store (./mlflow.db) lands there, not in the repo.
     return subprocess.run(
-        [sys.executable, "-m", "llmlab.cli", *args], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "llmlab.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
     )
 
 
@@ -167,13 +170,21 @@ def test_cli_dedups_a_jsonl_file(cli_env, tmp_path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps({"id": i, "body": t}) + "\n" for i, t in enumerate(texts + texts[:3])))
     out = tmp_path / "out"
-    proc = _cli(["dedup", "--text-field", "body", str(path), str(out), "id_field=id", "threshold=0.8"], cli_env)
+    proc = _cli(
+        ["dedup", "--text-field", "body", str(path), str(out), "id_field=id", "threshold=0.8"], cli_env, tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())["dedup"]
     assert report["input_rows"] == 63 and report["after_exact"] == 60
     table = pa.concat_tables([pq.read_table(f) for f in sorted(out.glob("*.parquet"))])
     assert table.num_rows == report["after_near"] < 60
     assert {"id", "body"} <= set(table.column_names)
+    # The job is recorded in the MLflow store of its working folder.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("dedup").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["threshold"] == "0.8"
+    assert run.data.metrics["dedup.after_near"] == report["after_near"]
+    assert run.data.metrics["validation.rows"] == 63
 
 
 @pytest.mark.parametrize(
@@ -187,7 +198,7 @@ def test_cli_dedups_a_jsonl_file(cli_env, tmp_path) -> None:
 )
 def test_cli_errors_are_one_line(cli_env, tmp_path, make_input, overrides, message) -> None:
     (tmp_path / "ok.jsonl").write_text('{"text": "a"}\n')
-    proc = _cli(["dedup", str(make_input(tmp_path)), str(tmp_path / "out"), *overrides], cli_env)
+    proc = _cli(["dedup", str(make_input(tmp_path)), str(tmp_path / "out"), *overrides], cli_env, tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr

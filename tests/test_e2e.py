@@ -61,7 +61,9 @@ def test_quickstart(cli_env: dict[str, str], tmp_path: Path) -> None:
     assert params["train.lr"] == "0.003"
     assert run.data.tags["llmlab.version"]
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "model", "tokenizer"} <= artifacts
+    assert {"config.yaml", "model", "tokenizer", "data"} <= artifacts
+    validation = json.loads(Path(client.download_artifacts(run.info.run_id, "data/validation_report.json")).read_text())
+    assert validation["rows"] == validation["kept"] == run.data.metrics["data.validation.rows"] > 0
     model_files = {Path(item.path).name for item in client.list_artifacts(run.info.run_id, "model")}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= model_files
 

@@ -145,23 +145,16 @@ def _data_demo(args: argparse.Namespace) -> int:
 
 
 def _dedup_config(overrides: list[str]):
-    from pydantic import ValidationError
-
-    from llmlab.config import ConfigError, apply_override
-    from llmlab.data.dedup import DedupConfig
+    """`threshold=0.85 ...` validated as the experiment's `data.dedup` section (same messages)."""
+    from llmlab.config import ConfigError, apply_override, validate_experiment
 
     raw: dict = {}
     try:
         for override in overrides:
             apply_override(raw, override)
-        return DedupConfig.model_validate(raw)
+        return validate_experiment({"data": {"dedup": raw}}).data.dedup
     except ConfigError as err:
         raise UserError(str(err)) from None
-    except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "dedup"
-        problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        raise UserError(f"{key}: {problem}") from None
 
 
 def _connect_data_ray() -> None:
@@ -203,7 +196,28 @@ def _dedup(args: argparse.Namespace) -> int:
     print(validation.format())
     print(report.format())
     print(f"wrote {report.after_near} rows to {args.out}")
+    _record_dedup(args, cfg, {"validation": validation.as_dict(), "dedup": report.as_dict()})
     return 0
+
+
+def _record_dedup(args: argparse.Namespace, cfg, reports: dict) -> None:
+    """The job as a finished MLflow run (experiment `dedup`): settings, counts, reports."""
+    import time
+
+    from llmlab.config import flatten
+    from llmlab.tracking.config import TrackingConfig
+    from llmlab.tracking.runs import record_job
+    from llmlab.tracking.store import TrackingUnavailable, check_reachable, resolve_store
+
+    store = resolve_store(TrackingConfig())
+    try:
+        check_reachable(store)
+    except TrackingUnavailable as err:  # the output is written: say why it is not tracked, keep it
+        print(f"warning: not logged to MLflow: {err}", file=sys.stderr)
+        return
+    params = {**flatten(cfg), "input": str(args.input), "output": str(args.out.resolve())}
+    run_id = record_job(store, "dedup", f"dedup-{time.strftime('%Y%m%d-%H%M%S')}", params, reports)
+    print(f"logged to MLflow run {run_id} (experiment 'dedup') in {store.uri}")
 
 
 def _bench_dedup(args: argparse.Namespace) -> int:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import ray.data
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from llmlab.cluster import cluster_has_gpus, connect_ray, quiet_data_progress
@@ -24,7 +23,7 @@ from llmlab.data.corpus import cache_key, load_corpus, source_fingerprint
 from llmlab.data.pipeline import prepare_token_shards
 from llmlab.data.sources import expand_paths
 from llmlab.data.tokenizer import load_tokenizer
-from llmlab.tracking.runs import log_params, open_run
+from llmlab.tracking.runs import log_params, log_report, open_run
 from llmlab.tracking.store import TrackingStore, check_reachable, resolve_store
 from llmlab.train.checkpoint import load_model_state
 from llmlab.train.export import export_hf
@@ -61,18 +60,6 @@ def failure_summary(error: BaseException) -> str:
     cause = next(iter(failures.values()), None) or getattr(error, "controller_failure", None) or error
     lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
     return lines[-1][:300] if lines else type(cause).__name__
-
-
-def flatten_numbers(report: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The numeric leaves of a nested report, as dotted keys (for MLflow metrics)."""
-    numbers: dict[str, float] = {}
-    for key, value in report.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            numbers.update(flatten_numbers(value, f"{name}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            numbers[name] = float(value)
-    return numbers
 
 
 def check_data_inputs(data: DataConfig) -> None:
@@ -153,12 +140,8 @@ def _train_and_log(
     client.set_tag(run_id, "llmlab.data_dir", data_dir)
 
     def log_data_report(name: str, report: dict[str, Any]) -> None:
-        client.log_dict(run_id, report, f"data/{name}_report.json")
-        numbers = {f"data.{name}.{key}": value for key, value in flatten_numbers(report).items()}
-        client.log_batch(
-            run_id, metrics=[Metric(key, value, int(time.time() * 1000), 0) for key, value in numbers.items()]
-        )
-        say(f"[{run_name}] {name}: " + ", ".join(f"{key} {value:g}" for key, value in flatten_numbers(report).items()))
+        numbers = log_report(client, run_id, name, report, prefix="data.")
+        say(f"[{run_name}] {name}: " + ", ".join(f"{key} {value:g}" for key, value in numbers.items()))
 
     def documents() -> ray.data.Dataset:
         # Called only when the token shards are (re)built, not when a resumed run reuses them.

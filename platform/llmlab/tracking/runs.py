@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 import llmlab
@@ -69,3 +71,46 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> lis
     for start in range(0, len(new), _MAX_PARAMS_PER_CALL):
         client.log_batch(run_id, params=new[start : start + _MAX_PARAMS_PER_CALL])
     return changed
+
+
+def flatten_numbers(report: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a nested report, as dotted keys (for MLflow metrics)."""
+    numbers: dict[str, float] = {}
+    for key, value in report.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            numbers.update(flatten_numbers(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            numbers[name] = float(value)
+    return numbers
+
+
+def log_report(client: MlflowClient, run_id: str, name: str, report: dict[str, Any], prefix: str) -> dict[str, float]:
+    """A stage's report as `<prefix><name>_report.json` and its numbers as metrics at step 0."""
+    folder = prefix.strip(".").replace(".", "/")
+    client.log_dict(run_id, report, f"{folder}/{name}_report.json" if folder else f"{name}_report.json")
+    numbers = flatten_numbers(report)
+    now_ms = int(time.time() * 1000)
+    metrics = [Metric(f"{prefix}{name}.{key}", value, now_ms, 0) for key, value in numbers.items()]
+    for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    return numbers
+
+
+def record_job(
+    store: TrackingStore, experiment: str, run_name: str, params: dict[str, str], reports: dict[str, dict[str, Any]]
+) -> str:
+    """One finished MLflow run for a job that is not a training run (e.g. `llmlab dedup`)."""
+    client = MlflowClient(store.uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = (
+        found.experiment_id
+        if found is not None
+        else client.create_experiment(experiment, artifact_location=store.artifact_location)
+    )
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=_source_tags()).info.run_id
+    log_params(client, run_id, params)
+    for name, report in reports.items():
+        log_report(client, run_id, name, report, prefix="")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
