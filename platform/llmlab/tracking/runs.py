@@ -18,12 +18,7 @@ _MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 
 def open_run(client: MlflowClient, store: TrackingStore, experiment: str, run_name: str) -> tuple[str, bool]:
     """Return (run_id, resumed): the newest run of that name in the experiment, or a new one."""
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = (
-        found.experiment_id
-        if found is not None
-        else client.create_experiment(experiment, artifact_location=store.artifact_location)
-    )
+    experiment_id = experiment_id_for(client, store, experiment)
     escaped = run_name.replace("'", "\\'")
     previous = client.search_runs(
         [experiment_id],
@@ -37,6 +32,14 @@ def open_run(client: MlflowClient, store: TrackingStore, experiment: str, run_na
         return run_id, True
     run = client.create_run(experiment_id, run_name=run_name, tags=_source_tags())
     return run.info.run_id, False
+
+
+def experiment_id_for(client: MlflowClient, store: TrackingStore, experiment: str) -> str:
+    """The experiment's id, creating it (with the store's artifact location) on first use."""
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(experiment, artifact_location=store.artifact_location)
 
 
 def _source_tags() -> dict[str, str]:
@@ -102,12 +105,7 @@ def record_job(
 ) -> str:
     """One finished MLflow run for a job that is not a training run (e.g. `llmlab dedup`)."""
     client = MlflowClient(store.uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = (
-        found.experiment_id
-        if found is not None
-        else client.create_experiment(experiment, artifact_location=store.artifact_location)
-    )
+    experiment_id = experiment_id_for(client, store, experiment)
     run_id = client.create_run(experiment_id, run_name=run_name, tags=_source_tags()).info.run_id
     log_params(client, run_id, params)
     for name, report in reports.items():
