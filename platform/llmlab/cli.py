@@ -190,13 +190,12 @@ def _dedup(args: argparse.Namespace) -> int:
         out = out.rename_columns({"text": args.text_field})
     args.out.mkdir(parents=True, exist_ok=True)
     out.write_parquet(str(args.out))
-    (args.out / "report.json").write_text(
-        json.dumps({"validation": validation.as_dict(), "dedup": report.as_dict()}, indent=2, default=str)
-    )
+    reports = {"validation": validation.as_dict(), "dedup": report.as_dict()}
+    (args.out / "report.json").write_text(json.dumps(reports, indent=2, default=str))
     print(validation.format())
     print(report.format())
     print(f"wrote {report.after_near} rows to {args.out}")
-    _record_dedup(args, cfg, {"validation": validation.as_dict(), "dedup": report.as_dict()})
+    _record_dedup(args, cfg, reports)
     return 0
 
 
