@@ -25,12 +25,6 @@ class Corpus:
     validation: ValidationReport
     dedup: Any | None = None  # llmlab.data.dedup.DedupReport when dedup ran
 
-    def reports(self) -> dict[str, Any]:
-        reports: dict[str, Any] = {"validation": self.validation.as_dict()}
-        if self.dedup is not None:
-            reports["dedup"] = self.dedup.as_dict()
-        return reports
-
 
 def check_bad_fraction(report: ValidationReport, max_bad_fraction: float) -> None:
     if report.bad_fraction > max_bad_fraction:
