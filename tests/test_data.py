@@ -132,7 +132,7 @@ def demo_shards(ray_session, tmp_path_factory):
     from llmlab.data import prepare_token_shards
 
     out = tmp_path_factory.mktemp("shards")
-    cfg = DataConfig(seq_len=32, vocab_size=512, demo_docs_per_domain=DEMO_DOCS)
+    cfg = DataConfig(seq_len=32, vocab_size=512, demo_docs_per_domain=DEMO_DOCS, heldout_fraction=0)
     tok, manifest = prepare_token_shards(cfg, str(out), batch_docs=64)
     return cfg, out, tok, manifest
 
@@ -318,7 +318,7 @@ def test_changed_source_files_rebuild_the_shards(ray_session, tok, demo_rows, tm
 
     path = tmp_path / "in.jsonl"
     _write_jsonl(path, demo_rows[:10])
-    cfg = DataConfig(sources=[_source(path)], seq_len=16)
+    cfg = DataConfig(sources=[_source(path)], seq_len=16, heldout_fraction=0)
     out = str(tmp_path / "out")
     _, first = prepare_token_shards(cfg, out, tokenizer=tok, fingerprint=source_fingerprint(cfg))
     _, again = prepare_token_shards(cfg, out, tokenizer=tok, fingerprint=source_fingerprint(cfg))
@@ -337,7 +337,9 @@ def test_pipeline_on_jsonl_with_given_tokenizer(ray_session, tok, demo_rows, tmp
 
     _write_jsonl(tmp_path / "in.jsonl", demo_rows[:40])
     tok.save(str(tmp_path / "tok.json"))
-    cfg = DataConfig(sources=[_source(tmp_path / "in.jsonl")], seq_len=16, tokenizer=str(tmp_path / "tok.json"))
+    cfg = DataConfig(
+        sources=[_source(tmp_path / "in.jsonl")], seq_len=16, tokenizer=str(tmp_path / "tok.json"), heldout_fraction=0
+    )
     out = tmp_path / "out"
     got_tok, manifest = prepare_token_shards(cfg, str(out))
     assert got_tok.to_str() == tok.to_str()
@@ -352,7 +354,7 @@ def test_pipeline_out_dir_as_uri(ray_session, tok, demo_rows, tmp_path):
     from llmlab.data import prepare_token_shards
 
     _write_jsonl(tmp_path / "in.jsonl", demo_rows[:10])
-    cfg = DataConfig(sources=[_source(tmp_path / "in.jsonl")], seq_len=16)
+    cfg = DataConfig(sources=[_source(tmp_path / "in.jsonl")], seq_len=16, heldout_fraction=0)
     uri = f"file://{tmp_path}/uri_out"
     _, manifest = prepare_token_shards(cfg, uri, tokenizer=tok)
     assert (tmp_path / "uri_out" / "manifest.json").is_file()
@@ -425,8 +427,59 @@ def test_experiment_corpus_dedups_when_enabled(ray_session, tmp_path):
     rows.append({"text": "something entirely different from the others here", "id": 3})
     _write_jsonl(tmp_path / "dup.jsonl", rows)
     reports = {}
-    cfg = DataConfig(sources=[_source(tmp_path / "dup.jsonl")], dedup={"enabled": True, "id_field": "id"})
+    cfg = DataConfig(
+        sources=[_source(tmp_path / "dup.jsonl")], dedup={"enabled": True, "id_field": "id"}, heldout_fraction=0
+    )
     corpus = load_corpus(cfg, on_report=reports.__setitem__)
     assert sorted(row["id"] for row in corpus.dataset.take_all()) == [0, 3]
     assert set(reports) == {"validation", "dedup"}
     assert reports["dedup"]["after_exact"] == 2 == corpus.dedup.after_near
+
+
+# ---------------------------------------------------------------------------------- held-out split
+
+
+def test_heldout_split_is_by_text_and_the_same_with_dedup(ray_session, demo_rows, tmp_path):
+    from llmlab.data.corpus import load_corpus
+
+    rows = [{"text": r["text"], "id": i} for i, r in enumerate(demo_rows)]
+    copies = [{"text": r["text"], "id": 10_000 + i} for i, r in enumerate(rows[:60])]  # exact duplicates
+    _write_jsonl(tmp_path / "a.jsonl", rows[:120] + copies)
+    _write_jsonl(tmp_path / "b.jsonl", rows[120:])
+    sources = [_source(tmp_path / "a.jsonl", name="a"), _source(tmp_path / "b.jsonl", name="b")]
+    cfg = DataConfig(sources=sources, heldout_fraction=0.2)
+    plain = load_corpus(cfg)
+    deduped = load_corpus(DataConfig(sources=sources, heldout_fraction=0.2, dedup={"enabled": True, "id_field": "id"}))
+
+    held = sorted(r["id"] for r in plain.heldout.take_all())
+    assert held == sorted(r["id"] for r in deduped.heldout.take_all())  # dedup never changes the held-out set
+    train_plain = {r["id"] for r in plain.dataset.take_all()}
+    assert not train_plain & set(held) and len(train_plain) + len(held) == len(rows) + len(copies)
+    texts = {r["id"]: r["text"] for r in rows + copies}
+    held_texts = {texts[i] for i in held}
+    assert not held_texts & {texts[i] for i in train_plain}  # copies fall on the same side
+    assert 0.1 * len(texts) < len(held) < 0.3 * len(texts)
+    assert len(deduped.dataset.take_all()) < len(train_plain)
+    assert {r["domain"] for r in plain.heldout.take_all()} == {"a", "b"}
+
+
+def test_heldout_shards_per_domain_match_reference(ray_session, tok, demo_rows, tmp_path):
+    from llmlab.data import prepare_token_shards
+    from llmlab.data.corpus import is_heldout
+    from llmlab.data.pipeline import heldout_manifests
+
+    _write_jsonl(tmp_path / "a.jsonl", demo_rows[:120])
+    _write_jsonl(tmp_path / "b.jsonl", demo_rows[120:])
+    sources = [_source(tmp_path / "a.jsonl", name="a"), _source(tmp_path / "b.jsonl", name="b")]
+    cfg = DataConfig(sources=sources, seq_len=16, heldout_fraction=0.25)
+    out = tmp_path / "out"
+    _, manifest = prepare_token_shards(cfg, str(out), tokenizer=tok)
+    manifests = heldout_manifests(str(out / "manifest.json"))
+    assert sorted(manifests) == ["a", "b"]
+    for domain, part in (("a", demo_rows[:120]), ("b", demo_rows[120:])):
+        held = [r["text"] for r in part if is_heldout(r["text"], 0.25)]
+        shards = TokenShards(manifests[domain])
+        got = shards.get(np.arange(len(shards)))
+        np.testing.assert_array_equal(got, _reference_rows(tok, held, 17))
+    train_docs = [r["text"] for r in demo_rows if not is_heldout(r["text"], 0.25)]
+    assert manifest.num_docs == len(train_docs)

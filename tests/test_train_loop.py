@@ -153,3 +153,65 @@ def test_resume_from_checkpoint_repeats_nothing(tmp_path) -> None:
     assert [m.step for m in resumed] == [4, 5, 6]
     assert [m.loss for m in resumed] == [m.loss for m in straight[3:]]
     assert [m.lr for m in resumed] == [m.lr for m in straight[3:]]
+
+
+# ---------------------------------------------------------------------------------- held-out loss
+
+
+@pytest.mark.parametrize(("n", "cap", "world"), [(10, 64, 1), (10, 64, 3), (100, 8, 2), (5, 64, 4)])
+def test_heldout_indices_cover_the_first_rows_evenly(n: int, cap: int, world: int) -> None:
+    from llmlab.train.evaluate import heldout_indices
+
+    parts = [heldout_indices(n, cap, rank, world) for rank in range(world)]
+    assert len({len(p) for p in parts}) == 1  # every rank scores as many rows
+    assert set(itertools.chain.from_iterable(p.tolist() for p in parts)) == set(range(min(n, cap)))
+
+
+def test_evaluate_is_the_token_mean_of_cross_entropy() -> None:
+    from llmlab.train.evaluate import evaluate
+
+    model = tiny_model()
+    rows = {"a": fixed_rows(5, 17, seed=2), "b": fixed_rows(3, 9, seed=3)}
+    metrics = evaluate(model, rows, micro_batch=2, device=torch.device("cpu"))
+    assert model.training  # restored
+
+    def reference(batch: torch.Tensor) -> tuple[float, int]:
+        model.eval()
+        with torch.no_grad():
+            logits = model(batch[:, :-1])
+        model.train()
+        losses = nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
+        return float(losses.sum()), losses.numel()
+
+    (sa, na), (sb, nb) = reference(rows["a"]), reference(rows["b"])
+    assert metrics["eval_loss/a"] == pytest.approx(sa / na, rel=1e-5)
+    assert metrics["eval_loss/b"] == pytest.approx(sb / nb, rel=1e-5)
+    assert metrics["eval_loss"] == pytest.approx((sa + sb) / (na + nb), rel=1e-5)
+
+
+def _evaluate_on_rank(rank: int, world: int, init_file: str, rows: torch.Tensor, out: dict) -> None:
+    import torch.distributed as dist
+
+    from llmlab.train.evaluate import evaluate, heldout_indices
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        mine = rows[torch.from_numpy(heldout_indices(len(rows), len(rows), rank, world))]
+        out[rank] = evaluate(tiny_model(), {"d": mine}, micro_batch=2, device=torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluate_over_gloo_ranks_matches_one_process(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    from llmlab.train.evaluate import evaluate
+
+    rows = fixed_rows(6, 17, seed=4)  # divides evenly over 2 ranks: no wrapped rows
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_evaluate_on_rank, args=(2, str(tmp_path / "pg"), rows, out), nprocs=2)
+        results = dict(out)
+    single = evaluate(tiny_model(), {"d": rows}, micro_batch=2, device=torch.device("cpu"))
+    for rank in (0, 1):
+        assert results[rank]["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-5)

@@ -116,7 +116,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\n[{summary.run_name}] finished at step {summary.steps}", end="")
     if summary.first_loss is not None and summary.last_loss is not None:
         ratio = summary.last_loss / summary.first_loss
-        print(f": loss {summary.first_loss:.3f} -> {summary.last_loss:.3f} ({ratio:.2f} of the first)")
+        heldout = f", held-out loss {summary.eval_loss:.3f}" if summary.eval_loss is not None else ""
+        print(f": loss {summary.first_loss:.3f} -> {summary.last_loss:.3f} ({ratio:.2f} of the first){heldout}")
     else:
         print()
     print(f"  MLflow run   {summary.run_id} (experiment '{exp.tracking.experiment}') in {summary.tracking_uri}")

@@ -13,19 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ray.data
 from mlflow.tracking import MlflowClient
 
 from llmlab.cluster import cluster_has_gpus, connect_ray, quiet_data_progress
 from llmlab.config import ConfigError, ExperimentConfig, flatten, to_yaml
 from llmlab.data.config import DataConfig
 from llmlab.data.corpus import cache_key, load_corpus, source_fingerprint
-from llmlab.data.pipeline import prepare_token_shards
+from llmlab.data.pipeline import DocumentSplits, heldout_manifests, prepare_token_shards
+from llmlab.data.demo import DOMAINS as DEMO_DOMAINS
+from llmlab.data.shards import Manifest
 from llmlab.data.sources import expand_paths
 from llmlab.data.tokenizer import load_tokenizer
 from llmlab.tracking.runs import log_params, log_report, open_run
 from llmlab.tracking.store import TrackingStore, check_reachable, resolve_store
 from llmlab.train.checkpoint import load_model_state
+from llmlab.train.evaluate import OVERALL
 from llmlab.train.export import export_hf
 from llmlab.train.trainer import WorkerSpec, fit
 
@@ -40,6 +42,7 @@ class RunSummary:
     steps: int
     first_loss: float | None
     last_loss: float | None
+    eval_loss: float | None  # held-out loss at the last evaluation
 
 
 def default_run_name(source: Path | None) -> str:
@@ -60,6 +63,20 @@ def failure_summary(error: BaseException) -> str:
     cause = next(iter(failures.values()), None) or getattr(error, "controller_failure", None) or error
     lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
     return lines[-1][:300] if lines else type(cause).__name__
+
+
+def describe_heldout(data: DataConfig, heldout: dict[str, str]) -> str:
+    """One line: held-out sequences per domain, and the domains too small to have any."""
+    sizes = ", ".join(f"{domain} {Manifest.load(uri).num_sequences}" for domain, uri in sorted(heldout.items()))
+    domains = [source.name for source in data.sources] or list(DEMO_DOMAINS)
+    missing = [domain for domain in domains if domain not in heldout]
+    line = f"held-out sequences: {sizes or 'none'}"
+    if missing:
+        line += (
+            f"; no held-out loss for {', '.join(missing)}: its held-out documents give fewer than "
+            f"seq_len+1 tokens (raise data.heldout_fraction)"
+        )
+    return line
 
 
 def check_data_inputs(data: DataConfig) -> None:
@@ -103,6 +120,7 @@ def run_experiment(exp: ExperimentConfig, source: Path | None = None, say: Calla
     client.set_terminated(run_id, "FINISHED")
     loss_by_step = {metric.step: metric.value for metric in client.get_metric_history(run_id, "loss")}
     steps = sorted(loss_by_step)
+    eval_history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, OVERALL))
     return RunSummary(
         run_name=run_name,
         run_id=run_id,
@@ -112,6 +130,7 @@ def run_experiment(exp: ExperimentConfig, source: Path | None = None, say: Calla
         steps=steps[-1] if steps else 0,
         first_loss=loss_by_step[steps[0]] if steps else None,
         last_loss=loss_by_step[steps[-1]] if steps else None,
+        eval_loss=eval_history[-1][1] if eval_history else None,
     )
 
 
@@ -143,9 +162,10 @@ def _train_and_log(
         numbers = log_report(client, run_id, name, report, prefix="data.")
         say(f"[{run_name}] {name}: " + ", ".join(f"{key} {value:g}" for key, value in numbers.items()))
 
-    def documents() -> ray.data.Dataset:
+    def documents() -> DocumentSplits:
         # Called only when the token shards are (re)built, not when a resumed run reuses them.
-        return load_corpus(exp.data, on_report=log_data_report).dataset
+        corpus = load_corpus(exp.data, on_report=log_data_report)
+        return DocumentSplits(corpus.dataset, corpus.heldout)
 
     tokenizer, manifest = prepare_token_shards(exp.data, data_dir, documents=documents, fingerprint=fingerprint)
     vocab_size = tokenizer.get_vocab_size()
@@ -159,15 +179,20 @@ def _train_and_log(
         tokenizer_file = Path(folder) / "tokenizer.json"
         tokenizer.save(str(tokenizer_file))
         client.log_artifact(run_id, str(tokenizer_file), "tokenizer")
+    manifest_uri = f"{data_dir}/manifest.json"
+    heldout = heldout_manifests(manifest_uri)
     log_params(
         client,
         run_id,
         {
+            "data.heldout_domains": ",".join(sorted(heldout)) or "none",
             "data.num_sequences": str(manifest.num_sequences),
             "data.num_tokens": str(manifest.total_tokens),
             "model.vocab_size_resolved": str(vocab_size),
         },
     )
+    if exp.data.heldout_fraction > 0:
+        say(f"[{run_name}] {describe_heldout(exp.data, heldout)}")
     say(
         f"[{run_name}] data: {manifest.num_sequences} sequences of {exp.data.seq_len} tokens; "
         f"training on {exp.train.num_workers} {'GPU' if use_gpu else 'CPU'} workers"
@@ -175,11 +200,12 @@ def _train_and_log(
 
     spec = WorkerSpec(
         experiment=exp.model_dump(mode="json"),
-        manifest_uri=f"{data_dir}/manifest.json",
+        manifest_uri=manifest_uri,
         vocab_size=vocab_size,
         tracking_uri=store.uri,
         run_id=run_id,
         run_name=run_name,
+        heldout_manifests=heldout,
     )
     result = fit(exp, spec, storage, use_gpu)
     if result.checkpoint is None:

@@ -46,7 +46,17 @@ class DataConfig(BaseModel):
         description="Stop the run if more than this fraction of rows is invalid (missing, empty, non-string, "
         "invalid UTF-8, too long); fewer are dropped and counted.",
     )
-    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact and near-duplicate removal.")
+    heldout_fraction: float = Field(
+        default=0.02,
+        ge=0,
+        lt=0.5,
+        description="Share of documents held out for evaluation (0 disables held-out loss). Chosen by a hash "
+        "of the text, so exact copies fall on the same side, and before dedup, so runs with and without "
+        "dedup are scored on the same held-out documents.",
+    )
+    dedup: DedupConfig = Field(
+        default_factory=DedupConfig, description="Exact and near-duplicate removal (training documents only)."
+    )
     seq_len: int = Field(default=128, gt=0, description="Tokens per training sequence.")
     vocab_size: int = Field(
         default=2048,

@@ -10,10 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import ray.data
 from tokenizers import Tokenizer
@@ -27,10 +30,11 @@ from llmlab.data.shards import (
     join,
     resolve,
 )
-from llmlab.data.sources import read_corpus
+from llmlab.data.corpus import load_corpus
 from llmlab.data.tokenizer import eos_id, load_tokenizer, train_tokenizer
 
 TOKENIZER_NAME = "tokenizer.json"
+HELDOUT_FOLDER = "heldout"
 BATCH_DOCS = 512  # documents per task batch = per shard; the tail lost per shard is < seq_len+1
 
 
@@ -106,23 +110,37 @@ def _load_saved_tokenizer(out_dir: str) -> Tokenizer:
         return Tokenizer.from_str(f.read().decode("utf-8"))
 
 
+@dataclass
+class DocumentSplits:
+    """The documents to tokenize: training documents, and held-out ones with a `domain` column."""
+
+    train: ray.data.Dataset
+    heldout: ray.data.Dataset | None = None
+
+
+def load_splits(cfg: DataConfig) -> DocumentSplits:
+    corpus = load_corpus(cfg)
+    return DocumentSplits(corpus.dataset, corpus.heldout)
+
+
 def prepare_token_shards(
     cfg: DataConfig,
     out_dir: str,
     tokenizer: Tokenizer | None = None,
     *,
-    documents: Callable[[], ray.data.Dataset] | None = None,
+    documents: Callable[[], DocumentSplits] | None = None,
     fingerprint: str = "",
     batch_docs: int = BATCH_DOCS,
 ) -> tuple[Tokenizer, Manifest]:
     """Build (or reuse) the token shards of `cfg` under `out_dir` (local path or URI).
 
-    Writes ``tokenizer.json``, the shard files and, last, ``manifest.json``: a manifest on disk
-    means a complete build, and one whose config and tokenizer match is reused as is.
-    `batch_docs` (documents per task and per shard at most) changes only how the tokens are cut
-    into shards, so it is not part of the reuse check. `fingerprint` identifies the source files
-    (see `corpus.source_fingerprint`): changed files invalidate the shards even under the same
-    config. `documents` builds the document dataset, and is called only when shards are built.
+    Writes ``tokenizer.json``, the held-out shards of each domain under ``heldout/<domain>/``,
+    the training shards and, last, ``manifest.json``: a manifest on disk means a complete build,
+    and one whose config and tokenizer match is reused as is. `batch_docs` (documents per task
+    and per shard at most) changes only how the tokens are cut into shards, so it is not part of
+    the reuse check. `fingerprint` identifies the source files (see `corpus.source_fingerprint`):
+    changed files invalidate the shards even under the same config. `documents` gives the
+    documents (default: `load_splits(cfg)`), and is called only when shards are built.
     """
     if "://" not in out_dir:
         out_dir = os.path.abspath(out_dir)  # tasks may run in other working directories
@@ -133,36 +151,31 @@ def prepare_token_shards(
     if manifest is not None:
         return tokenizer or _load_saved_tokenizer(out_dir), manifest
 
-    ds = documents() if documents is not None else read_corpus(cfg)[0]
-    ds = ds.select_columns(["text"])
-    # Shard order must follow document order for the manifest to be reproducible. The dataset's
-    # context is a private copy, so this does not change the caller's global DataContext.
-    ds.context.execution_options.preserve_order = True
+    splits = documents() if documents is not None else load_splits(cfg)
+    train = _ordered_texts(splits.train)
     if tokenizer is None:
-        tokenizer = train_tokenizer(_texts(ds, cfg.tokenizer_train_docs), cfg.vocab_size)
+        # Trained on training documents only: held-out text must not shape the vocabulary.
+        tokenizer = train_tokenizer(_texts(train, cfg.tokenizer_train_docs), cfg.vocab_size)
 
     fs, root = resolve(out_dir)
-    fs.create_dir(root, recursive=True)
+    fs.create_dir(root, recursive=True)  # for tokenizer.json; the writer makes the shard folders
     tokenizer_json = tokenizer.to_str()
     with fs.open_output_stream(join(root, TOKENIZER_NAME)) as f:
         f.write(tokenizer_json.encode("utf-8"))
 
-    vocab_size = tokenizer.get_vocab_size()
-    dtype = dtype_for_vocab(vocab_size)
-    meta = ds.map_batches(
-        _tokenize_and_write,
-        batch_size=batch_docs,
-        batch_format="numpy",
-        fn_kwargs={
-            "tokenizer_json": tokenizer_json,
-            "seq_len": cfg.seq_len,
-            "out_dir": out_dir,
-            "dtype": dtype,
-        },
-    ).take_all()
+    writer = _ShardWriter(cfg, tokenizer_json, tokenizer.get_vocab_size(), fingerprint, batch_docs)
+    heldout: dict[str, str] = {}
+    if splits.heldout is not None:
+        for domain in sorted(splits.heldout.unique("domain")):
+            folder = f"{HELDOUT_FOLDER}/{domain}"
+            docs = splits.heldout.map_batches(_of_domain, fn_kwargs={"domain": domain}, batch_format="pyarrow")
+            part = writer.write(_ordered_texts(docs), join(out_dir, folder))
+            if part.num_sequences > 0:  # fewer than seq_len+1 held-out tokens: no held-out loss for it
+                part.save(join(join(out_dir, folder), MANIFEST_NAME))
+                heldout[domain] = folder
 
-    manifest = _build_manifest(meta, cfg, vocab_size, dtype, _sha256(tokenizer_json))
-    manifest.source_fingerprint = fingerprint
+    manifest = writer.write(train, out_dir)
+    manifest.heldout = heldout
     if manifest.num_sequences == 0:
         raise ValueError(
             f"the corpus gave no sequence of seq_len+1={cfg.seq_len + 1} tokens "
@@ -170,6 +183,55 @@ def prepare_token_shards(
         )
     manifest.save(join(out_dir, MANIFEST_NAME))
     return tokenizer, manifest
+
+
+def heldout_manifests(manifest_uri: str) -> dict[str, str]:
+    """Domain -> manifest URI of its held-out shards, for the training shards at `manifest_uri`."""
+    base = manifest_uri.rsplit("/", 1)[0] if manifest_uri.endswith(".json") else manifest_uri
+    manifest = Manifest.load(manifest_uri)
+    return {domain: join(join(base, folder), MANIFEST_NAME) for domain, folder in manifest.heldout.items()}
+
+
+def _ordered_texts(ds: ray.data.Dataset) -> ray.data.Dataset:
+    ds = ds.select_columns(["text"])
+    # Shard order must follow document order for the manifest to be reproducible. The dataset's
+    # context is a private copy, so this does not change the caller's global DataContext.
+    ds.context.execution_options.preserve_order = True
+    return ds
+
+
+def _of_domain(batch: pa.Table, domain: str) -> pa.Table:
+    return batch.filter(pc.equal(batch.column("domain"), domain))
+
+
+@dataclass(frozen=True)
+class _ShardWriter:
+    """Tokenizes a dataset of texts into shard files under a folder; returns their manifest."""
+
+    cfg: DataConfig
+    tokenizer_json: str
+    vocab_size: int
+    fingerprint: str
+    batch_docs: int
+
+    def write(self, texts: ray.data.Dataset, out_dir: str) -> Manifest:
+        dtype = dtype_for_vocab(self.vocab_size)
+        fs, root = resolve(out_dir)
+        fs.create_dir(root, recursive=True)
+        meta = texts.map_batches(
+            _tokenize_and_write,
+            batch_size=self.batch_docs,
+            batch_format="numpy",
+            fn_kwargs={
+                "tokenizer_json": self.tokenizer_json,
+                "seq_len": self.cfg.seq_len,
+                "out_dir": out_dir,
+                "dtype": dtype,
+            },
+        ).take_all()
+        manifest = _build_manifest(meta, self.cfg, self.vocab_size, dtype, _sha256(self.tokenizer_json))
+        manifest.source_fingerprint = self.fingerprint
+        return manifest
 
 
 def _build_manifest(meta: list[dict[str, Any]], cfg: DataConfig, vocab_size: int, dtype: str, tok_sha: str) -> Manifest:

@@ -62,6 +62,7 @@ class Manifest:
     config: dict[str, Any] = field(default_factory=dict)
     tokenizer_sha256: str = ""
     source_fingerprint: str = ""  # of the source files (names, sizes, modification times)
+    heldout: dict[str, str] = field(default_factory=dict)  # domain -> folder of its held-out shards
     version: int = MANIFEST_VERSION
 
     @classmethod

@@ -42,6 +42,12 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(
         100, gt=0, description="Save a checkpoint every N steps (and always at the last step)."
     )
+    eval_every: int = Field(
+        100, gt=0, description="Compute the held-out loss every N steps (and always at the last step)."
+    )
+    eval_sequences: int = Field(
+        64, gt=0, description="Held-out sequences scored per domain at each evaluation (the first N of each)."
+    )
     keep_checkpoints: int = Field(2, gt=0, description="Checkpoints kept in storage (newest first).")
     storage_path: str = Field(
         "results",

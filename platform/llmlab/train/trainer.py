@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import ray.train
@@ -24,6 +24,7 @@ from llmlab.model import build_model
 from llmlab.tracking.metrics import MetricLogger, system_metrics
 from llmlab.train.batches import rank_batches
 from llmlab.train.checkpoint import load_checkpoint, save_checkpoint
+from llmlab.train.evaluate import OVERALL, evaluate, load_heldout
 from llmlab.train.loop import StepMetrics, train
 from llmlab.train.optim import build_optimizer, build_scheduler
 from llmlab.train.progress import format_progress
@@ -39,6 +40,7 @@ class WorkerSpec:
     tracking_uri: str
     run_id: str
     run_name: str
+    heldout_manifests: dict[str, str] = field(default_factory=dict)  # domain -> manifest URI
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -70,18 +72,25 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     shards = TokenShards(spec.manifest_uri)
     sampler = GlobalBatchSampler(len(shards), exp.train.batch_size, exp.train.seed)
     batches = rank_batches(shards, sampler, rank, world_size, exp.train.grad_accum)
+    heldout = load_heldout(spec.heldout_manifests, exp.train.eval_sequences, rank, world_size)
+    micro_batch = exp.train.batch_size // (world_size * exp.train.grad_accum)
     logger = MetricLogger(spec.tracking_uri, spec.run_id) if rank == 0 else None
 
     def on_step(metrics: StepMetrics) -> None:
+        values = metrics.as_dict()
+        is_last = metrics.step == exp.train.max_steps
+        is_eval = bool(heldout) and (metrics.step % exp.train.eval_every == 0 or is_last)
+        if is_eval:
+            values.update(evaluate(model, heldout, micro_batch, device, exp.train.precision))
         if logger is not None:
-            logger.log(metrics.step, metrics.as_dict())
-        is_checkpoint = metrics.step % exp.train.checkpoint_every == 0 or metrics.step == exp.train.max_steps
-        if metrics.step % exp.train.log_every != 0 and not is_checkpoint:
+            logger.log(metrics.step, values)
+        is_checkpoint = metrics.step % exp.train.checkpoint_every == 0 or is_last
+        if metrics.step % exp.train.log_every != 0 and not is_checkpoint and not is_eval:
             return
         if logger is not None:
             logger.flush()
-            print(format_progress(spec.run_name, metrics, exp.train.max_steps), flush=True)
-        report = {**metrics.as_dict(), "step": metrics.step}
+            print(format_progress(spec.run_name, metrics, exp.train.max_steps, values.get(OVERALL)), flush=True)
+        report = {**values, "step": metrics.step}
         if not is_checkpoint:
             ray.train.report(report)
             return
