@@ -19,8 +19,8 @@ from llmlab.cluster import cluster_has_gpus, connect_ray, quiet_data_progress
 from llmlab.config import ConfigError, ExperimentConfig, flatten, to_yaml
 from llmlab.data.config import DataConfig
 from llmlab.data.corpus import cache_key, load_corpus, source_fingerprint
-from llmlab.data.pipeline import DocumentSplits, heldout_manifests, prepare_token_shards
 from llmlab.data.demo import DOMAINS as DEMO_DOMAINS
+from llmlab.data.pipeline import DocumentSplits, heldout_manifests, prepare_token_shards
 from llmlab.data.shards import Manifest
 from llmlab.data.sources import expand_paths
 from llmlab.data.tokenizer import load_tokenizer

@@ -22,6 +22,7 @@ import ray.data
 from tokenizers import Tokenizer
 
 from llmlab.data.config import DataConfig
+from llmlab.data.corpus import load_corpus
 from llmlab.data.shards import (
     MANIFEST_NAME,
     Manifest,
@@ -30,7 +31,6 @@ from llmlab.data.shards import (
     join,
     resolve,
 )
-from llmlab.data.corpus import load_corpus
 from llmlab.data.tokenizer import eos_id, load_tokenizer, train_tokenizer
 
 TOKENIZER_NAME = "tokenizer.json"
