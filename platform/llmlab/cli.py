@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 model.n_layers=2")
     run.set_defaults(handler=_run)
 
+    sweep = commands.add_parser(
+        "sweep", help="run the experiment's `sweep:` on Ray Tune: one training run per trial, nested in MLflow"
+    )
+    sweep.add_argument("experiment", type=Path, help="experiment YAML with a sweep section")
+    sweep.add_argument("overrides", nargs="*", help="dotted overrides of the base config, e.g. train.max_steps=100")
+    sweep.set_defaults(handler=_sweep)
+
     validate = commands.add_parser("validate", help="check an experiment file (with overrides) without running it")
     validate.add_argument("experiment", type=Path)
     validate.add_argument("overrides", nargs="*")
@@ -81,11 +88,34 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace):
     from llmlab.config import ConfigError, load_experiment
+    from llmlab.tune.space import check_space
 
     try:
-        return load_experiment(args.experiment, args.overrides)
+        exp = load_experiment(args.experiment, args.overrides)
+        check_space(exp)  # a sweep's space is checked by every command, not only by `sweep`
     except ConfigError as err:
         raise UserError(str(err)) from None
+    return exp
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from llmlab.config import ConfigError
+    from llmlab.data.corpus import DataQualityError
+    from llmlab.tracking.store import TrackingUnavailable
+    from llmlab.tune.sweep import run_sweep
+
+    exp = _load(args)
+    if not exp.sweep.space and len(exp.sweep.seeds) == 1:
+        raise UserError(f"{args.experiment}: sweep.space is empty and there is one seed; use `llmlab run` for one run")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        summary = run_sweep(exp, source=args.experiment)
+    except (ConfigError, TrackingUnavailable, DataQualityError) as err:
+        raise UserError(str(err)) from None
+    failed = sum(t.status != "FINISHED" for t in summary.trials)
+    print(f"\n[{summary.name}] {len(summary.trials)} trials, {failed} failed; by {summary.metric}:\n{summary.table}")
+    print(f"  MLflow parent run {summary.parent_run_id} in {summary.tracking_uri}")
+    return 1 if failed == len(summary.trials) else 0
 
 
 def _validate(args: argparse.Namespace) -> int:

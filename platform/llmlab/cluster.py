@@ -13,7 +13,8 @@ from llmlab.train.config import TrainConfig
 _TRAIN_POLL_INTERVAL_S = "0.1"
 
 
-def connect_ray(cluster: ClusterConfig, train: TrainConfig) -> None:
+def connect_ray(cluster: ClusterConfig, train: TrainConfig, trials: int = 1) -> None:
+    """Join the configured cluster, or start a local Ray that holds `trials` runs of `train` at once."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", _TRAIN_POLL_INTERVAL_S)
@@ -28,7 +29,7 @@ def connect_ray(cluster: ClusterConfig, train: TrainConfig) -> None:
         return
     # Ray reserves a logical CPU per Train worker; declare enough for them plus the data tasks,
     # even where the machine has fewer cores (the workers then share them).
-    needed = int(train.num_workers * train.cpus_per_worker + 0.999) + 2
+    needed = trials * int(train.num_workers * train.cpus_per_worker + 0.999) + 2
     ray.init(
         num_cpus=cluster.num_cpus or max(os.cpu_count() or 1, needed),
         object_store_memory=cluster.object_store_mb * 2**20,

@@ -17,6 +17,7 @@ from llmlab.data.config import DataConfig
 from llmlab.model.config import ModelConfig
 from llmlab.tracking.config import TrackingConfig
 from llmlab.train.config import TrainConfig
+from llmlab.tune.config import SweepConfig
 
 
 class ConfigError(ValueError):
@@ -48,10 +49,6 @@ class FinetuneConfig(_Section):
 
 class DistillConfig(_Section):
     """Knowledge distillation: no options are available yet."""
-
-
-class SweepConfig(_Section):
-    """Ray Tune sweeps: no options are available yet."""
 
 
 class ClusterConfig(_Section):
@@ -129,8 +126,13 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
+    set_path(raw, key, value)
+
+
+def set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """raw[a][b][c] = value for dotted = "a.b.c", creating sections on the way."""
     node = raw
-    parts = key.split(".")
+    parts = dotted.split(".")
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):

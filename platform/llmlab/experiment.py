@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray.train
 from mlflow.tracking import MlflowClient
+from tokenizers import Tokenizer
 
 from llmlab.cluster import cluster_has_gpus, connect_ray, quiet_data_progress
 from llmlab.config import ConfigError, ExperimentConfig, flatten, to_yaml
 from llmlab.data.config import DataConfig
-from llmlab.data.corpus import cache_key, load_corpus, source_fingerprint
+from llmlab.data.corpus import cache_key, source_fingerprint
 from llmlab.data.demo import DOMAINS as DEMO_DOMAINS
-from llmlab.data.pipeline import DocumentSplits, heldout_manifests, prepare_token_shards
+from llmlab.data.pipeline import DocumentSplits, heldout_manifests, load_splits, prepare_token_shards
 from llmlab.data.shards import Manifest
 from llmlab.data.sources import expand_paths
 from llmlab.data.tokenizer import load_tokenizer
@@ -93,7 +95,46 @@ def check_data_inputs(data: DataConfig) -> None:
             raise ConfigError("data.tokenizer", str(err).splitlines()[0]) from None
 
 
-def run_experiment(exp: ExperimentConfig, source: Path | None = None, say: Callable[[str], None] = print) -> RunSummary:
+@dataclass(frozen=True)
+class PreparedData:
+    tokenizer: Tokenizer
+    manifest: Manifest
+    manifest_uri: str
+    heldout: dict[str, str]  # domain -> manifest URI of its held-out shards
+    built: bool  # False when an earlier run's shards were reused
+
+
+def prepare_data(
+    data: DataConfig, storage: str, on_report: Callable[[str, dict[str, Any]], None] | None = None
+) -> PreparedData:
+    """Token shards of `data` under `storage`, shared by every run with the same data settings and
+    files: built once (calling `on_report` with the validation and dedup reports), reused after."""
+    fingerprint = source_fingerprint(data)
+    data_dir = f"{storage}/_tokenized/{cache_key(data, fingerprint)}"
+    built = False
+
+    def documents() -> DocumentSplits:
+        nonlocal built
+        built = True
+        return load_splits(data, on_report=on_report)
+
+    tokenizer, manifest = prepare_token_shards(data, data_dir, documents=documents, fingerprint=fingerprint)
+    manifest_uri = f"{data_dir}/manifest.json"
+    return PreparedData(tokenizer, manifest, manifest_uri, heldout_manifests(manifest_uri), built)
+
+
+def run_experiment(
+    exp: ExperimentConfig,
+    source: Path | None = None,
+    say: Callable[[str], None] = print,
+    *,
+    parent_run_id: str | None = None,
+    train_callbacks: Sequence[ray.train.UserCallback] = (),
+    tags: dict[str, str] | None = None,
+) -> RunSummary:
+    """Train `exp` as one MLflow run (nested under `parent_run_id` when given, as sweep trials are,
+    with `tags` set on it); `train_callbacks` go to Ray Train (a sweep passes the one that reports
+    to Tune)."""
     # User errors in the inputs and an unreachable store stop the run before anything starts.
     check_data_inputs(exp.data)
     store = resolve_store(exp.tracking)
@@ -107,10 +148,12 @@ def run_experiment(exp: ExperimentConfig, source: Path | None = None, say: Calla
     quiet_data_progress()
     use_gpu = exp.train.device == "cuda" or (exp.train.device == "auto" and cluster_has_gpus())
     client = MlflowClient(store.uri)
-    run_id, resumed = open_run(client, store, exp.tracking.experiment, run_name)
+    run_id, resumed = open_run(client, store, exp.tracking.experiment, run_name, parent_run_id=parent_run_id)
     say(f"[{run_name}] {'resuming' if resumed else 'started'} MLflow run {run_id} in {store.uri}")
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
     try:
-        _train_and_log(exp, source, store, client, run_id, run_name, storage, use_gpu, say)
+        _train_and_log(exp, source, store, client, run_id, run_name, storage, use_gpu, say, train_callbacks)
     except KeyboardInterrupt:
         client.set_terminated(run_id, "KILLED")
         raise
@@ -144,6 +187,7 @@ def _train_and_log(
     storage: str,
     use_gpu: bool,
     say: Callable[[str], None],
+    train_callbacks: Sequence[ray.train.UserCallback],
 ) -> None:
     changed = log_params(client, run_id, flatten(exp))
     if changed:
@@ -153,21 +197,16 @@ def _train_and_log(
     if source is not None:
         client.set_tag(run_id, "llmlab.experiment_file", str(source))
 
-    fingerprint = source_fingerprint(exp.data)
-    # Shared by every run with the same data settings and files: tokenized once, reused after.
-    data_dir = f"{storage}/_tokenized/{cache_key(exp.data, fingerprint)}"
-    client.set_tag(run_id, "llmlab.data_dir", data_dir)
-
     def log_data_report(name: str, report: dict[str, Any]) -> None:
         numbers = log_report(client, run_id, name, report, prefix="data.")
         say(f"[{run_name}] {name}: " + ", ".join(f"{key} {value:g}" for key, value in numbers.items()))
 
-    def documents() -> DocumentSplits:
-        # Called only when the token shards are (re)built, not when a resumed run reuses them.
-        corpus = load_corpus(exp.data, on_report=log_data_report)
-        return DocumentSplits(corpus.dataset, corpus.heldout)
-
-    tokenizer, manifest = prepare_token_shards(exp.data, data_dir, documents=documents, fingerprint=fingerprint)
+    data = prepare_data(exp.data, storage, on_report=log_data_report)
+    client.set_tag(run_id, "llmlab.data_dir", data.manifest_uri.rsplit("/", 1)[0])
+    if not data.built:  # the reports of the build that made these shards belong to this run too
+        for name, report in data.manifest.reports.items():
+            log_data_report(name, report)
+    tokenizer, manifest, heldout = data.tokenizer, data.manifest, data.heldout
     vocab_size = tokenizer.get_vocab_size()
     # A larger table than the tokenizer's is padding (a friendlier matrix size); smaller cannot work.
     if exp.model.vocab_size is not None and exp.model.vocab_size < vocab_size:
@@ -179,8 +218,6 @@ def _train_and_log(
         tokenizer_file = Path(folder) / "tokenizer.json"
         tokenizer.save(str(tokenizer_file))
         client.log_artifact(run_id, str(tokenizer_file), "tokenizer")
-    manifest_uri = f"{data_dir}/manifest.json"
-    heldout = heldout_manifests(manifest_uri)
     log_params(
         client,
         run_id,
@@ -200,14 +237,14 @@ def _train_and_log(
 
     spec = WorkerSpec(
         experiment=exp.model_dump(mode="json"),
-        manifest_uri=manifest_uri,
+        manifest_uri=data.manifest_uri,
         vocab_size=vocab_size,
         tracking_uri=store.uri,
         run_id=run_id,
         run_name=run_name,
         heldout_manifests=heldout,
     )
-    result = fit(exp, spec, storage, use_gpu)
+    result = fit(exp, spec, storage, use_gpu, callbacks=train_callbacks)
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint; see the worker logs above")
     with result.checkpoint.as_directory() as folder:

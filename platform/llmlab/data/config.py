@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import os
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llmlab.data.dedup.config import DedupConfig
+
+
+def _absolute_path(path: str) -> str:
+    """Local paths made absolute (globs keep their wildcards); URIs (s3://, gs://) as given."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
 class SourceConfig(BaseModel):
@@ -21,6 +28,12 @@ class SourceConfig(BaseModel):
     )
     text_field: str = Field("text", min_length=1, description="Field (jsonl key, parquet column) holding the text.")
     weight: float | None = Field(None, gt=0, description="Sampling weight of the domain (for data mixing).")
+
+    @field_validator("paths")
+    @classmethod
+    def _absolute(cls, paths: list[str]) -> list[str]:
+        # Relative to where the experiment was loaded: Ray workers and Tune trials run elsewhere.
+        return [_absolute_path(p) for p in paths]
 
 
 class DataConfig(BaseModel):
@@ -79,6 +92,11 @@ class DataConfig(BaseModel):
     demo_docs_per_domain: int = Field(
         default=3000, gt=0, description="Documents per domain of the built-in demo corpus."
     )
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _absolute_tokenizer(cls, path: str | None) -> str | None:
+        return _absolute_path(path) if path is not None else None
 
     @model_validator(mode="after")
     def _unique_domains(self) -> DataConfig:

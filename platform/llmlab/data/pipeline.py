@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -116,11 +116,20 @@ class DocumentSplits:
 
     train: ray.data.Dataset
     heldout: ray.data.Dataset | None = None
+    reports: dict[str, Any] = field(default_factory=dict)  # kept in the manifest for runs that reuse it
 
 
-def load_splits(cfg: DataConfig) -> DocumentSplits:
-    corpus = load_corpus(cfg)
-    return DocumentSplits(corpus.dataset, corpus.heldout)
+def load_splits(cfg: DataConfig, on_report: Callable[[str, dict[str, Any]], None] | None = None) -> DocumentSplits:
+    """The corpus of `cfg` read, validated, split and deduplicated; `on_report` as in `load_corpus`."""
+    reports: dict[str, Any] = {}
+
+    def keep(name: str, report: dict[str, Any]) -> None:
+        reports[name] = report
+        if on_report is not None:
+            on_report(name, report)
+
+    corpus = load_corpus(cfg, on_report=keep)
+    return DocumentSplits(corpus.dataset, corpus.heldout, reports)
 
 
 def prepare_token_shards(
@@ -176,6 +185,7 @@ def prepare_token_shards(
 
     manifest = writer.write(train, out_dir)
     manifest.heldout = heldout
+    manifest.reports = splits.reports
     if manifest.num_sequences == 0:
         raise ValueError(
             f"the corpus gave no sequence of seq_len+1={cfg.seq_len + 1} tokens "

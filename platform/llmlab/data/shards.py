@@ -63,6 +63,7 @@ class Manifest:
     tokenizer_sha256: str = ""
     source_fingerprint: str = ""  # of the source files (names, sizes, modification times)
     heldout: dict[str, str] = field(default_factory=dict)  # domain -> folder of its held-out shards
+    reports: dict[str, Any] = field(default_factory=dict)  # validation/dedup reports of the build, by name
     version: int = MANIFEST_VERSION
 
     @classmethod

@@ -16,8 +16,11 @@ from llmlab.tracking.store import TrackingStore
 _MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 
 
-def open_run(client: MlflowClient, store: TrackingStore, experiment: str, run_name: str) -> tuple[str, bool]:
-    """Return (run_id, resumed): the newest run of that name in the experiment, or a new one."""
+def open_run(
+    client: MlflowClient, store: TrackingStore, experiment: str, run_name: str, parent_run_id: str | None = None
+) -> tuple[str, bool]:
+    """Return (run_id, resumed): the newest run of that name in the experiment, or a new one
+    (nested under `parent_run_id` when given: the MLflow UI shows it inside its parent)."""
     experiment_id = experiment_id_for(client, store, experiment)
     escaped = run_name.replace("'", "\\'")
     previous = client.search_runs(
@@ -30,7 +33,10 @@ def open_run(client: MlflowClient, store: TrackingStore, experiment: str, run_na
         run_id = previous[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id, True
-    run = client.create_run(experiment_id, run_name=run_name, tags=_source_tags())
+    tags = _source_tags()
+    if parent_run_id is not None:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     return run.info.run_id, False
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -133,7 +134,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         logger.flush()
 
 
-def fit(exp: ExperimentConfig, spec: WorkerSpec, storage_path: str, use_gpu: bool) -> ray.train.Result:
+def fit(
+    exp: ExperimentConfig,
+    spec: WorkerSpec,
+    storage_path: str,
+    use_gpu: bool,
+    callbacks: Sequence[ray.train.UserCallback] = (),
+) -> ray.train.Result:
     """Run (or resume) the training run `spec.run_name` under `storage_path`."""
     resources = {"CPU": exp.train.cpus_per_worker}
     if use_gpu:
@@ -150,6 +157,7 @@ def fit(exp: ExperimentConfig, spec: WorkerSpec, storage_path: str, use_gpu: boo
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=exp.train.keep_checkpoints),
             # Ray Train logs every report at INFO; the progress line already says what matters.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=list(callbacks),
         ),
     )
     return trainer.fit()

@@ -1,0 +1,87 @@
+"""The `sweep:` section of an experiment: what to vary, how often, and which metric decides.
+
+Pure schema (no Ray): `llmlab validate` checks a sweep without starting anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+class Distribution(BaseModel):
+    """One dimension of the search space: exactly one of the keys below."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grid: list[Any] | None = Field(None, description="Every value, each in its own trials (a grid axis).")
+    choice: list[Any] | None = Field(None, description="One value drawn at random per sample.")
+    uniform: tuple[float, float] | None = Field(None, description="[low, high]: a float drawn uniformly.")
+    loguniform: tuple[float, float] | None = Field(None, description="[low, high]: a float drawn log-uniformly.")
+    randint: tuple[int, int] | None = Field(None, description="[low, high): an integer drawn uniformly.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Distribution:
+        given = [kind for kind in KINDS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(KINDS)} (got {', '.join(given) or 'none'})")
+        kind = given[0]
+        values = getattr(self, kind)
+        if kind in ("grid", "choice") and not values:
+            raise ValueError(f"{kind}: must list at least one value")
+        if kind in ("uniform", "loguniform", "randint") and not values[0] < values[1]:
+            raise ValueError(f"{kind}: low must be below high (got {list(values)})")
+        if kind == "loguniform" and values[0] <= 0:
+            raise ValueError(f"loguniform: low must be > 0 (got {values[0]})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in KINDS if getattr(self, kind) is not None)
+
+    @property
+    def values(self) -> Any:
+        return getattr(self, self.kind)
+
+    def examples(self) -> list[Any]:
+        """Values a trial can get, to check each against the schema before any trial starts:
+        every listed value, or the ends of a range."""
+        if self.kind in ("grid", "choice"):
+            return list(self.values)
+        low, high = self.values
+        return [low, high - 1] if self.kind == "randint" else [low, high]
+
+
+class SweepConfig(BaseModel):
+    """A Ray Tune sweep over dotted config paths; each trial is a whole training run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    space: dict[str, Distribution] = Field(
+        default_factory=dict,
+        description="Dotted config path -> distribution, e.g. `train.lr: {loguniform: [1e-4, 1e-2]}` or "
+        "`data.dedup.enabled: {grid: [false, true]}`.",
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="train.seed values: every point of the space runs once per seed.",
+    )
+    num_samples: int = Field(1, gt=0, description="Samples of the random dimensions (per grid point and seed).")
+    metric: str = Field("eval_loss", min_length=1, description="The metric that ranks trials (its last value).")
+    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher `metric` is better.")
+    max_concurrent_trials: int | None = Field(
+        None, gt=0, description="Trials at once; null: as many as the cluster's CPUs (or GPUs) hold."
+    )
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.\-]+$", description="Sweep name (the MLflow parent run); null: file + time."
+    )
+
+    @model_validator(mode="after")
+    def _no_seed_in_space(self) -> SweepConfig:
+        if "train.seed" in self.space:
+            raise ValueError("space: train.seed is set by `seeds`, not by the space; list the seeds there")
+        return self

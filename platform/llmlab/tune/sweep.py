@@ -1,0 +1,191 @@
+"""`llmlab sweep`: a Ray Tune sweep whose trials are whole llmlab runs, nested in one MLflow run.
+
+The driver checks the space, opens the parent MLflow run, builds the token shards of every data
+setting the space lists (so that concurrent trials never build the same shards twice), and runs
+Tune. Each trial is a Tune function trainable that runs `run_experiment`: its own Ray Train run
+and its own MLflow child run, with Train's reports forwarded to Tune by `TuneReportCallback`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import ray
+from mlflow.tracking import MlflowClient
+
+from llmlab.cluster import cluster_has_gpus, connect_ray, quiet_data_progress
+from llmlab.config import ExperimentConfig, flatten, to_yaml
+from llmlab.data.config import DataConfig
+from llmlab.experiment import check_data_inputs, default_run_name, prepare_data, resolve_storage, run_experiment
+from llmlab.tracking.runs import flatten_numbers, log_params, open_run
+from llmlab.tracking.store import check_reachable, resolve_store
+from llmlab.tune.results import TrialOutcome, VariantRow, by_variant, format_table
+from llmlab.tune.space import check_space, grid_size, trial_experiment, tune_space, variant_label
+
+TRIAL_DRIVER_CPUS = 0.01  # a trial's own process only waits on its Train run (Tune rejects 0)
+VARIANT_TAG, SEED_TAG, SWEEP_TAG = "llmlab.variant", "llmlab.seed", "llmlab.sweep"
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    name: str
+    parent_run_id: str
+    tracking_uri: str
+    metric: str
+    trials: list[TrialOutcome]
+    rows: list[VariantRow]
+    table: str
+
+
+def run_sweep(exp: ExperimentConfig, source: Path | None = None, say: Callable[[str], None] = print) -> SweepSummary:
+    check_space(exp)
+    store = resolve_store(exp.tracking)
+    check_reachable(store)
+    storage = resolve_storage(exp.train.storage_path)
+    # Trials run in other working directories (and nodes): they get the resolved store and storage.
+    pinned = trial_experiment(exp.model_dump(mode="json"), {"tracking.uri": store.uri, "train.storage_path": storage})
+    exp = pinned.model_copy(update={"sweep": exp.sweep})
+    data_settings = _listed_data_settings(exp)
+    for data in data_settings:
+        check_data_inputs(data)
+    name = exp.sweep.name or default_run_name(source)
+    if "://" not in storage:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+
+    trial_cpus = exp.train.num_workers * exp.train.cpus_per_worker
+    connect_ray(exp.cluster, exp.train, trials=exp.sweep.max_concurrent_trials or 1)
+    quiet_data_progress()
+    concurrency = exp.sweep.max_concurrent_trials or _trials_that_fit(exp, trial_cpus)
+    client = MlflowClient(store.uri)
+    parent_id, resumed = open_run(client, store, exp.tracking.experiment, name)
+    say(
+        f"[{name}] {'resuming' if resumed else 'started'} sweep: {grid_size(exp.sweep)} trials, {concurrency} at a "
+        f"time, ranked by {exp.sweep.mode} {exp.sweep.metric}; MLflow parent run {parent_id} in {store.uri}"
+    )
+    try:
+        log_params(client, parent_id, flatten(exp))
+        client.log_text(parent_id, to_yaml(exp), "config.yaml")
+        client.set_tag(parent_id, SWEEP_TAG, "parent")
+        for data in data_settings:
+            _prepare(data, storage, name, say)
+        _tune(exp, source, name, storage, parent_id, concurrency)
+    except KeyboardInterrupt:
+        client.set_terminated(parent_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(parent_id, "FAILED")
+        raise
+    summary = _summarise(client, exp, name, parent_id, store.uri)
+    finished = any(t.status == "FINISHED" for t in summary.trials)
+    client.set_terminated(parent_id, "FINISHED" if finished else "FAILED")
+    return summary
+
+
+def _listed_data_settings(exp: ExperimentConfig) -> list[DataConfig]:
+    """Every distinct data setting the space lists (grid and choice values of data.* paths)."""
+    base = exp.model_dump(mode="json")
+    listed = {
+        path: d.values
+        for path, d in exp.sweep.space.items()
+        if path.startswith("data.") and d.kind in ("grid", "choice")
+    }
+    settings: dict[str, DataConfig] = {}
+    for values in itertools.product(*listed.values()):
+        data = trial_experiment(base, dict(zip(listed, values, strict=True))).data
+        settings.setdefault(data.model_dump_json(), data)
+    return list(settings.values())
+
+
+def _prepare(data: DataConfig, storage: str, name: str, say: Callable[[str], None]) -> None:
+    def show(report_name: str, report: dict[str, Any]) -> None:
+        numbers = flatten_numbers(report)
+        say(f"[{name}] {report_name}: " + ", ".join(f"{key} {value:g}" for key, value in numbers.items()))
+
+    prepared = prepare_data(data, storage, on_report=show)
+    say(f"[{name}] data {'built' if prepared.built else 'reused'}: {prepared.manifest_uri}")
+
+
+def _trials_that_fit(exp: ExperimentConfig, trial_cpus: float) -> int:
+    """Trials the cluster holds at once: by GPUs when it has them, else by CPUs."""
+    resources = ray.cluster_resources()
+    if exp.train.device != "cpu" and cluster_has_gpus():
+        return max(1, int(resources.get("GPU", 0) // exp.train.num_workers))
+    return max(1, int(resources.get("CPU", 1) // (trial_cpus + TRIAL_DRIVER_CPUS)))
+
+
+def _tune(
+    exp: ExperimentConfig, source: Path | None, name: str, storage: str, parent_id: str, concurrency: int
+) -> None:
+    from ray import tune
+
+    trial = partial(
+        run_trial,
+        base=exp.model_dump(mode="json"),
+        sweep_name=name,
+        parent_run_id=parent_id,
+        source=str(source) if source else None,
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(trial, {"CPU": TRIAL_DRIVER_CPUS}),
+        param_space=tune_space(exp.sweep),
+        tune_config=tune.TuneConfig(num_samples=exp.sweep.num_samples, max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
+    )
+    tuner.fit()  # failed trials are recorded in MLflow (status FAILED) and in the table
+
+
+def run_trial(
+    config: dict[str, Any], *, base: dict[str, Any], sweep_name: str, parent_run_id: str, source: str | None
+) -> None:
+    """One trial (runs inside Tune): a whole llmlab run, nested under the sweep's MLflow run."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    overrides, seed = dict(config["overrides"]), int(config["seed"])
+    trial_index = tune.get_context().get_trial_id().rsplit("_", 1)[-1]
+    run_name = f"{sweep_name}-{trial_index}"
+    exp = trial_experiment(base, {**overrides, "tracking.run_name": run_name}, seed)
+    summary = run_experiment(
+        exp,
+        Path(source) if source else None,
+        parent_run_id=parent_run_id,
+        train_callbacks=[TuneReportCallback()],
+        tags={VARIANT_TAG: variant_label(overrides), SEED_TAG: str(seed), SWEEP_TAG: sweep_name},
+    )
+    print(f"[{run_name}] {variant_label(overrides)}, seed {seed}: done at step {summary.steps}", flush=True)
+
+
+def _summarise(client: MlflowClient, exp: ExperimentConfig, name: str, parent_id: str, uri: str) -> SweepSummary:
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    trials = sorted(
+        (
+            TrialOutcome(
+                run_name=run.info.run_name,
+                run_id=run.info.run_id,
+                variant=run.data.tags.get(VARIANT_TAG, "?"),
+                seed=int(run.data.tags.get(SEED_TAG, "0")),
+                status=run.info.status,
+                metric=run.data.metrics.get(exp.sweep.metric),
+            )
+            for run in children
+        ),
+        key=lambda t: t.run_name,
+    )
+    rows = by_variant(trials, exp.sweep.mode)
+    table = format_table(rows, exp.sweep.metric)
+    client.log_text(parent_id, table + "\n", "sweep/results.md")
+    client.log_text(parent_id, json.dumps([asdict(t) for t in trials], indent=1), "sweep/trials.json")
+    ranked = [t for t in trials if t.status == "FINISHED" and t.metric is not None]
+    if ranked:
+        best = (min if exp.sweep.mode == "min" else max)(ranked, key=lambda t: t.metric)
+        client.set_tag(parent_id, "llmlab.best_run_id", best.run_id)
+        client.set_tag(parent_id, "llmlab.best_variant", best.variant)
+        client.log_metric(parent_id, f"best_{exp.sweep.metric}".replace("/", "_"), float(best.metric))
+    return SweepSummary(name, parent_id, uri, exp.sweep.metric, trials, rows, table)

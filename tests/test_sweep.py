@@ -1,0 +1,129 @@
+"""`llmlab sweep`: the space is checked up front; trials are whole runs nested in one MLflow run."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmlab.cli import main
+from llmlab.config import ConfigError, validate_experiment
+from llmlab.tune.results import TrialOutcome, by_variant, format_table
+from llmlab.tune.space import check_space, grid_size, trial_experiment, variant_label
+
+TINY = {
+    "data": {"seq_len": 32, "vocab_size": 512, "demo_docs_per_domain": 120, "heldout_fraction": 0.1},
+    "model": {"d_model": 32, "n_layers": 2, "n_heads": 2},
+    "train": {
+        "num_workers": 2,
+        "max_steps": 20,
+        "batch_size": 8,
+        "lr": 3.0e-3,
+        "warmup_steps": 2,
+        "log_every": 10,
+        "checkpoint_every": 20,
+        "eval_every": 10,
+    },
+    "tracking": {"experiment": "sweep-test"},
+}
+
+
+def with_space(space: dict, **sweep) -> dict:
+    return {**TINY, "sweep": {"space": space, **sweep}}
+
+
+@pytest.mark.parametrize(
+    ("space", "where", "says"),
+    [
+        ({"train.lrr": {"grid": [1e-3]}}, "sweep.space.train.lrr", "unknown key"),
+        ({"train.lr": {"choice": []}}, "sweep.space.train.lr.choice", "at least one value"),
+        ({"train.lr": {"uniform": [0.1, 0.01]}}, "sweep.space.train.lr.uniform", "low must be below high"),
+        ({"train.lr": {"loguniform": [0, 0.01]}}, "sweep.space.train.lr.loguniform", "> 0"),
+        ({"train.lr": {"grid": [1e-3], "choice": [1e-3]}}, "sweep.space.train.lr", "exactly one"),
+        ({"train.lr": {"grid": [-1.0]}}, "sweep.space.train.lr", "greater than 0"),
+        ({"data.seq_len": {"randint": [16, 64]}}, "sweep.space.data.seq_len", "grid or choice"),
+        ({"train.seed": {"grid": [1, 2]}}, "sweep.space", "seeds"),
+    ],
+)
+def test_bad_space_is_one_line_before_anything_runs(tmp_path: Path, capsys, space, where, says) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(with_space(space)))
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: {where}"), err
+    assert says in err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_trial_experiment_sets_values_and_seed() -> None:
+    exp = validate_experiment(with_space({"train.lr": {"grid": [1e-3, 3e-3]}, "data.dedup.enabled": {"grid": [True]}}))
+    check_space(exp)
+    trial = trial_experiment(exp.model_dump(mode="json"), {"train.lr": 1e-3, "data.dedup.enabled": True}, seed=7)
+    assert trial.train.lr == 1e-3 and trial.data.dedup.enabled and trial.train.seed == 7
+    assert not trial.sweep.space  # a trial is a plain run
+    assert grid_size(exp.sweep) == 2
+    assert variant_label({"train.lr": 1e-3, "data.dedup.enabled": True}) == "data.dedup.enabled=True, train.lr=0.001"
+    with pytest.raises(ConfigError, match=r"train\.warmup_steps"):
+        check_space(validate_experiment(with_space({"train.max_steps": {"grid": [20, 1]}})))
+
+
+def test_results_group_by_variant_with_mean_and_std() -> None:
+    outcomes = [
+        TrialOutcome("r0", "a0", "x=1", 0, "FINISHED", 2.0),
+        TrialOutcome("r1", "a1", "x=1", 1, "FINISHED", 3.0),
+        TrialOutcome("r2", "b0", "x=2", 0, "FINISHED", 1.5),
+        TrialOutcome("r3", "b1", "x=2", 1, "FAILED", None),
+        TrialOutcome("r4", "c0", "x=3", 0, "FAILED", None),
+    ]
+    rows = by_variant(outcomes, "min")
+    assert [row.variant for row in rows] == ["x=2", "x=1", "x=3"]
+    assert rows[1].mean == 2.5 and rows[1].std == pytest.approx(statistics.stdev([2.0, 3.0]))
+    assert rows[0].failed == 1 and rows[0].values == [1.5]
+    assert [row.variant for row in by_variant(outcomes, "max")][:2] == ["x=1", "x=2"]
+    table = format_table(rows, "eval_loss")
+    assert "| x=1 | 2.5000 ± 0.7071 | 2 | 0 |" in table and "| x=3 | n/a | 0 | 1 |" in table
+
+
+@pytest.mark.ray
+@pytest.mark.e2e
+def test_grid_sweep_nests_trials_in_mlflow(cli_env: dict[str, str], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    spec = with_space({"train.lr": {"grid": [1.0e-3, 1.0e-2]}}, seeds=[0], name="lr-grid")
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    result = subprocess.run(
+        [sys.executable, "-m", "llmlab.cli", "sweep", "sweep.yaml"],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sweep-test")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert [run.info.run_name for run in parents] == ["lr-grid"]
+    parent = parents[0]
+    assert len(children) == 2 and {run.data.tags["mlflow.parentRunId"] for run in children} == {parent.info.run_id}
+    assert {run.data.params["train.lr"] for run in children} == {"0.001", "0.01"}
+    final = {}
+    for run in children:
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "eval_loss")
+        assert [metric.step for metric in history] == [10, 20]
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == 20
+        final[run.info.run_id] = history[-1].value
+    best = min(final, key=final.get)
+    assert parent.data.tags["llmlab.best_run_id"] == best
+    assert parent.data.metrics["best_eval_loss"] == pytest.approx(final[best])
+    table = Path(client.download_artifacts(parent.info.run_id, "sweep/results.md")).read_text()
+    assert table.count("\n| train.lr=") == 2 and table in result.stdout
