@@ -483,3 +483,85 @@ def test_heldout_shards_per_domain_match_reference(ray_session, tok, demo_rows, 
         np.testing.assert_array_equal(got, _reference_rows(tok, held, 17))
     train_docs = [r["text"] for r in demo_rows if not is_heldout(r["text"], 0.25)]
     assert manifest.num_docs == len(train_docs)
+
+
+def test_planted_duplicates_are_exact_or_near_copies(demo_rows):
+    from collections import Counter
+
+    from llmlab.data.demo import plant_duplicates
+
+    out = plant_duplicates(demo_rows, 0.5)
+    assert len(out) == 2 * len(demo_rows) and plant_duplicates(demo_rows, 0.5) == out
+    remaining = Counter(r["text"] for r in out)
+    remaining.subtract(r["text"] for r in demo_rows)
+    assert min(remaining.values()) == 0  # every original is still there
+
+    def grams(text: str) -> set[tuple[str, ...]]:
+        words = text.split()
+        return {tuple(words[i : i + 5]) for i in range(len(words) - 4)}
+
+    by_text = {r["text"]: r["domain"] for r in demo_rows}
+    exact = sum(remaining[text] for text in by_text)
+    near = [r for r in out if r["text"] not in by_text]
+    assert exact + len(near) == len(demo_rows)
+    assert abs(exact - len(near)) <= 1  # half and half
+    original_grams = {text: grams(text) for text in by_text}
+    sources, best = set(), []
+    for row in near:
+        mine = grams(row["text"])
+        scores = {text: len(mine & theirs) / len(mine | theirs) for text, theirs in original_grams.items()}
+        source = max(scores, key=scores.get)
+        # (A word repeated inside a run of equal words can leave the 5-gram set unchanged: J = 1.)
+        assert 0.5 <= scores[source] <= 1 and by_text[source] == row["domain"]
+        sources.add(source)
+        best.append(scores[source])
+    assert np.median(best) >= 0.8  # one edit in a short document costs more than 1% of its 5-grams
+    assert len(sources) <= len(demo_rows) // 20  # copies of a few popular documents
+
+
+def test_decontamination_drops_near_copies_of_heldout_docs_only(ray_session):
+    import random
+
+    import ray.data
+
+    from llmlab.data.decontaminate import decontaminate
+    from llmlab.data.dedup.config import DedupConfig
+
+    rng = random.Random(3)
+    vocab = ["".join(rng.choice("abcdefghij") for _ in range(6)) for _ in range(2000)]
+
+    def doc() -> list[str]:
+        return [rng.choice(vocab) for _ in range(300)]
+
+    def edited(words: list[str], edits: int) -> str:
+        words = list(words)
+        for _ in range(edits):
+            words[rng.randrange(len(words))] = rng.choice(vocab)
+        return " ".join(words)
+
+    held = [doc() for _ in range(20)]
+    others = [doc() for _ in range(20)]
+    train = (
+        [edited(words, 3) for words in held[:10]]  # near copies of held-out docs: J ≈ 0.9
+        + [edited(words, 60) for words in held[10:]]  # heavily edited: J ≈ 0.3, not copies
+        + [" ".join(words) for words in others]
+        + [edited(words, 3) for words in others[:5]]  # near copies of training docs: dedup's job, kept
+    )
+
+    def jaccard(a: str, b: str) -> float:
+        ga = {tuple(a.split()[i : i + 5]) for i in range(len(a.split()) - 4)}
+        gb = {tuple(b.split()[i : i + 5]) for i in range(len(b.split()) - 4)}
+        return len(ga & gb) / len(ga | gb)
+
+    held_texts = [" ".join(words) for words in held]
+    expected = [t for t in train if max(jaccard(t, h) for h in held_texts) < 0.8]
+    assert len(expected) == len(train) - 10
+
+    kept, counts = decontaminate(
+        ray.data.from_items([{"text": t, "n": i} for i, t in enumerate(train)]),
+        ray.data.from_items([{"text": t} for t in held_texts]),
+        DedupConfig(),
+    )
+    rows = kept.take_all()
+    assert [r["text"] for r in sorted(rows, key=lambda r: r["n"])] == expected
+    assert counts == {"train_docs": len(train), "dropped": 10, "kept": len(train) - 10}

@@ -67,6 +67,12 @@ class DataConfig(BaseModel):
         "of the text, so exact copies fall on the same side, and before dedup, so runs with and without "
         "dedup are scored on the same held-out documents.",
     )
+    heldout_decontaminate: bool = Field(
+        default=True,
+        description="Drop training documents that are near copies of held-out ones (near as data.dedup defines "
+        "it: shingles, MinHash LSH, Jaccard ≥ threshold), so held-out loss measures generalisation, with or "
+        "without dedup.",
+    )
     dedup: DedupConfig = Field(
         default_factory=DedupConfig, description="Exact and near-duplicate removal (training documents only)."
     )
@@ -91,6 +97,13 @@ class DataConfig(BaseModel):
     )
     demo_docs_per_domain: int = Field(
         default=3000, gt=0, description="Documents per domain of the built-in demo corpus."
+    )
+    demo_duplicate_share: float = Field(
+        default=0.0,
+        ge=0,
+        lt=0.9,
+        description="Share of the demo corpus made of copies of a few popular documents (half exact, half "
+        "1%-edited), as in web crawls: the case dedup is for.",
     )
 
     @field_validator("tokenizer")

@@ -77,6 +77,12 @@ def load_corpus(cfg: DataConfig, on_report: Callable[[str, dict[str, Any]], None
     if cfg.heldout_fraction > 0:
         # Split before dedup: the held-out documents are then the same with dedup on or off.
         corpus.dataset, corpus.heldout = split_heldout(dataset, cfg.heldout_fraction)
+        if cfg.heldout_decontaminate:
+            from llmlab.data.decontaminate import decontaminate
+
+            corpus.dataset, counts = decontaminate(corpus.dataset, corpus.heldout, cfg.dedup)
+            if on_report is not None:
+                on_report("decontamination", counts)
     if cfg.dedup.enabled:
         from llmlab.data.dedup import dedup_dataset
 

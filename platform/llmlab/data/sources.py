@@ -25,7 +25,7 @@ import ray
 import ray.data
 
 from llmlab.data.config import DataConfig, SourceConfig
-from llmlab.data.demo import build_demo_rows
+from llmlab.data.demo import build_demo_rows, plant_duplicates
 
 # Extension -> format.
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
@@ -202,7 +202,7 @@ def read_corpus(cfg: DataConfig) -> tuple[ray.data.Dataset, ValidationReport]:
     if cfg.sources:
         ds, report = read_documents(cfg.sources, cfg.max_doc_chars)
     else:
-        rows = build_demo_rows(cfg.demo_docs_per_domain)
+        rows = plant_duplicates(build_demo_rows(cfg.demo_docs_per_domain), cfg.demo_duplicate_share)
         per_domain: dict[str, int] = {}
         for row in rows:
             per_domain[row["domain"]] = per_domain.get(row["domain"], 0) + 1

@@ -53,6 +53,18 @@ def signatures(hashes32: np.ndarray, doc_starts: np.ndarray, num_perm: int, seed
     return out
 
 
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(docs, bands) uint64: a 64-bit key of each band's slice of each signature (FNV-style mix,
+    seeded per band so that equal slices in different bands never share a bucket)."""
+    keys = np.empty((len(sig), bands), dtype=np.uint64)
+    for band in range(bands):
+        h = np.full(len(sig), (band + 1) * 0x9E3779B97F4A7C15 % 2**64, dtype=np.uint64)
+        for col in range(band * rows, (band + 1) * rows):
+            h = (h ^ sig[:, col].astype(np.uint64)) * np.uint64(0x100000001B3)
+        keys[:, band] = h ^ (h >> np.uint64(29))
+    return keys
+
+
 def _false_positive(threshold: float, bands: int, rows: int) -> float:
     return quad(lambda s: 1 - (1 - s ** float(rows)) ** float(bands), 0.0, threshold)[0]
 

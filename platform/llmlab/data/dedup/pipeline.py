@@ -22,7 +22,7 @@ import ray.data
 
 from llmlab.data.dedup.clusters import components, dropped_members
 from llmlab.data.dedup.config import DedupConfig, NormalizeConfig
-from llmlab.data.dedup.minhash import optimal_bands_rows, signatures
+from llmlab.data.dedup.minhash import band_keys, optimal_bands_rows, signatures
 from llmlab.data.dedup.normalize import content_hash, normalize_text
 from llmlab.data.dedup.report import DedupReport
 from llmlab.data.dedup.shingles import batch_shingle_hashes
@@ -198,12 +198,7 @@ def _band_rows(table: pa.Table, bands: int, rows: int, num_perm: int) -> pa.Tabl
     """One row per (document, band): a 64-bit key of the band's slice of the signature."""
     sig = np.frombuffer(b"".join(table.column(SIG).to_pylist()), dtype=np.uint32).reshape(-1, num_perm)
     uids = table.column(UID).to_numpy()
-    keys = np.empty((len(sig), bands), dtype=np.uint64)
-    for band in range(bands):
-        h = np.full(len(sig), (band + 1) * 0x9E3779B97F4A7C15 % 2**64, dtype=np.uint64)
-        for col in range(band * rows, (band + 1) * rows):
-            h = (h ^ sig[:, col].astype(np.uint64)) * np.uint64(0x100000001B3)
-        keys[:, band] = h ^ (h >> np.uint64(29))
+    keys = band_keys(sig, bands, rows)
     return pa.table({BAND: keys.reshape(-1).view(np.int64), UID: np.repeat(uids, bands)})
 
 
