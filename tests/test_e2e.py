@@ -168,7 +168,8 @@ def test_unreachable_tracking_store_stops_before_compute(tmp_path: Path) -> None
 def test_missing_data_is_one_line_before_any_run(tmp_path: Path) -> None:
     result = llmlab(tmp_path, "run", str(QUICKSTART), "data.sources=[{name: web, paths: [nowhere/*.jsonl]}]")
     assert result.returncode == 2
-    expected = "error: data.sources.0.paths: data path not found: no file matches nowhere/*.jsonl"
+    # Relative paths are resolved where the experiment is loaded (workers and trials run elsewhere).
+    expected = f"error: data.sources.0.paths: data path not found: no file matches {tmp_path}/nowhere/*.jsonl"
     assert result.stderr.strip() == expected
     assert not (tmp_path / "mlflow.db").exists() or not store_client(tmp_path).search_experiments(
         filter_string="name = 'quickstart'"

@@ -71,8 +71,8 @@ def test_trial_experiment_sets_values_and_seed() -> None:
 
 def test_results_group_by_variant_with_mean_and_std() -> None:
     outcomes = [
-        TrialOutcome("r0", "a0", "x=1", 0, "FINISHED", 2.0),
-        TrialOutcome("r1", "a1", "x=1", 1, "FINISHED", 3.0),
+        TrialOutcome("r0", "a0", "x=1", 0, "FINISHED", 2.0, 1.0),
+        TrialOutcome("r1", "a1", "x=1", 1, "FINISHED", 3.0, 2.0),
         TrialOutcome("r2", "b0", "x=2", 0, "FINISHED", 1.5),
         TrialOutcome("r3", "b1", "x=2", 1, "FAILED", None),
         TrialOutcome("r4", "c0", "x=3", 0, "FAILED", None),
@@ -83,7 +83,7 @@ def test_results_group_by_variant_with_mean_and_std() -> None:
     assert rows[0].failed == 1 and rows[0].values == [1.5]
     assert [row.variant for row in by_variant(outcomes, "max")][:2] == ["x=1", "x=2"]
     table = format_table(rows, "eval_loss")
-    assert "| x=1 | 2.5000 ± 0.7071 | 2 | 0 |" in table and "| x=3 | n/a | 0 | 1 |" in table
+    assert "| x=1 | 2.5000 ± 0.7071 | 1.5000 | 2 | 0 |" in table and "| x=3 | n/a | n/a | 0 | 1 |" in table
 
 
 @pytest.mark.ray

@@ -14,6 +14,7 @@ class TrialOutcome:
     seed: int
     status: str  # the MLflow run status: FINISHED, FAILED, KILLED, RUNNING
     metric: float | None  # last value of the sweep's metric, None if never logged
+    train_loss: float | None = None  # last training loss: against `metric`, the generalisation gap
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class VariantRow:
     variant: str
     values: list[float]
     failed: int
+    train_losses: list[float]
 
     @property
     def mean(self) -> float | None:
@@ -41,6 +43,7 @@ def by_variant(outcomes: list[TrialOutcome], mode: str) -> list[VariantRow]:
             variant=variant,
             values=[t.metric for t in trials if t.status == "FINISHED" and t.metric is not None],
             failed=sum(t.status != "FINISHED" for t in trials),
+            train_losses=[t.train_loss for t in trials if t.status == "FINISHED" and t.train_loss is not None],
         )
         for variant, trials in grouped.items()
     ]
@@ -50,8 +53,9 @@ def by_variant(outcomes: list[TrialOutcome], mode: str) -> list[VariantRow]:
 
 def format_table(rows: list[VariantRow], metric: str) -> str:
     """A Markdown table (readable in a terminal and in the MLflow artifact viewer)."""
-    lines = [f"| variant | {metric} (mean ± std) | runs | failed |", "|---|---|---|---|"]
+    lines = [f"| variant | {metric} (mean ± std) | train loss (mean) | runs | failed |", "|---|---|---|---|---|"]
     for row in rows:
         value = f"{row.mean:.4f} ± {row.std:.4f}" if row.mean is not None else "n/a"
-        lines.append(f"| {row.variant} | {value} | {len(row.values)} | {row.failed} |")
+        train = f"{statistics.fmean(row.train_losses):.4f}" if row.train_losses else "n/a"
+        lines.append(f"| {row.variant} | {value} | {train} | {len(row.values)} | {row.failed} |")
     return "\n".join(lines)

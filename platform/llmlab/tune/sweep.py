@@ -173,6 +173,7 @@ def _summarise(client: MlflowClient, exp: ExperimentConfig, name: str, parent_id
                 seed=int(run.data.tags.get(SEED_TAG, "0")),
                 status=run.info.status,
                 metric=run.data.metrics.get(exp.sweep.metric),
+                train_loss=run.data.metrics.get("loss"),
             )
             for run in children
         ),
