@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -131,6 +132,9 @@ def _tune(
         parent_run_id=parent_id,
         source=str(source) if source else None,
     )
+    # Tune's console output (a settings box, a TensorBoard hint, status tables) would bury the trials'
+    # progress lines; its older reporter honours verbose=0, and the table at the end says the rest.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     tuner = tune.Tuner(
         tune.with_resources(trial, {"CPU": TRIAL_DRIVER_CPUS}),
         param_space=tune_space(exp.sweep),
