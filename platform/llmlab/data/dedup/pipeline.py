@@ -34,22 +34,22 @@ import ray.data
 
 from llmlab.data.dedup.clusters import components, dropped_members, representative
 from llmlab.data.dedup.config import DedupConfig
-from llmlab.data.dedup.kernels import band_keys, bucket_pairs, content_hashes, jaccard, signature_agreement, sorted_sets
-from llmlab.data.dedup.minhash import optimal_bands_rows, signatures
-from llmlab.data.dedup.normalize import content_hash, normalize_batch
+from llmlab.data.dedup.kernels import bucket_pairs, document_keys, jaccard, signature_agreement, verify_values
+from llmlab.data.dedup.minhash import optimal_bands_rows, permutations
+from llmlab.data.dedup.normalize import content_hash, kernel_flags, utf8_documents
 from llmlab.data.dedup.report import DedupReport
-from llmlab.data.dedup.shingles import shingle_codepoints
 
 UID, HASH, KEYS = "_dd_uid", "_dd_hash", "_dd_keys"  # columns appended to every row
 KEY, RANK, VALUES = "_dd_key", "_dd_rank", "_dd_values"  # of the bucket and lookup tables
 INTERNAL = (UID, HASH, KEYS)
 # Documents per task in the per-row stages. Large batches matter: each Ray task costs tens of
 # milliseconds here (25 tasks of 4096 rows: 0.5 s for a pass that does nothing; 7 of 16384:
-# 0.2 s); the kernels bound their memory by taking at most _CHUNK_CHARS code points at a time.
+# 0.2 s). The kernels' memory does not grow with the batch: they work document by document
+# on scratch buffers sized to the longest document.
 _BATCH_DOCS = 16384
-_CHUNK_CHARS = 1 << 24
 _MAX_BUCKET_PAIRS = 64  # a bucket larger than this (boilerplate) yields a star, not all pairs
 _SAMPLE_PAIRS = 5
+_LIMITS_REFRESH_S = 0.05
 
 
 class DedupError(ValueError):
@@ -85,6 +85,7 @@ class DedupResult:
 
 
 def run_dedup(ds: ray.data.Dataset, cfg: DedupConfig, text_column: str = "text") -> DedupResult:
+    _refresh_limits_often()
     columns = ds.columns() or []
     if text_column not in columns:
         raise DedupError(f"text field {text_column!r} is not in the data (columns: {', '.join(columns)})")
@@ -139,39 +140,35 @@ def run_dedup(ds: ray.data.Dataset, cfg: DedupConfig, text_column: str = "text")
     return DedupResult(out, report, edges, scores, lookup.ranks)
 
 
-def _chunks(texts: list[str]) -> list[tuple[int, int]]:
-    """[lo, hi) document ranges of at most _CHUNK_CHARS characters each (at least one document)."""
-    bounds, chars, lo = [], 0, 0
-    for i, text in enumerate(texts):
-        chars += len(text)
-        if chars > _CHUNK_CHARS and i > lo:
-            bounds.append((lo, i))
-            lo, chars = i, len(text)
-    bounds.append((lo, len(texts)))
-    return bounds
+def _refresh_limits_often() -> None:
+    """Ray Data (2.60) starts each execution with zero resource limits until its autoscaling
+    coordinator answers, and re-reads them once a second: meanwhile it runs one task at a time.
+    Every stage here is a short execution (about a second), so most of each ran serially (7
+    blocks × 0.2 s of work: 1.4-1.6 s instead of 0.75 s on 2 cores). Re-reading the (cached)
+    limits every 50 ms ends that window as soon as the answer arrives. A private setting: if a
+    later Ray drops it, setting it does nothing."""
+    from ray.data._internal.execution.resource_manager import ResourceManager
 
-
-def _texts(table: pa.Table, text_column: str) -> list[str]:
-    return [t or "" for t in table.column(text_column).to_pylist()]
+    if getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", 0) > _LIMITS_REFRESH_S:
+        ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = _LIMITS_REFRESH_S
 
 
 def _prepare(table: pa.Table, text_column: str, cfg: DedupConfig, bands: int, rows: int) -> pa.Table:
     """Appends a random row id, the content hash and the bucket keys (bands [+ exact]) of each row."""
-    texts = _texts(table, text_column)
-    hashes = np.empty(len(texts), dtype=np.int64)
-    keys = np.empty((len(texts), bands + cfg.exact), dtype=np.int64)
-    for lo, hi in _chunks(texts):
-        cps, offsets = normalize_batch(texts[lo:hi], cfg.normalize)
-        hashes[lo:hi] = content_hashes(cps, offsets)
-        if bands:
-            shingled = shingle_codepoints(cps, offsets, cfg.shingle, cfg.ngram)
-            sig = signatures(shingled.hashes, shingled.doc_starts, cfg.num_perm, cfg.seed)
-        else:
-            sig = np.zeros((hi - lo, 0), dtype=np.uint32)
-        exact = hashes[lo:hi] if cfg.exact else np.zeros(0, dtype=np.int64)
-        keys[lo:hi] = band_keys(sig, bands, rows, exact)
+    a, b = permutations(cfg.num_perm, cfg.seed)
+    hashes, keys = document_keys(
+        *utf8_documents(table.column(text_column), cfg.normalize),
+        *kernel_flags(cfg.normalize),
+        cfg.shingle == "word",
+        cfg.ngram,
+        a,
+        b,
+        bands,
+        rows,
+        cfg.exact,
+    )
     # Random 63-bit row ids: Ray Data has no global row index, and ids are only ever compared.
-    uids = np.random.default_rng().integers(0, 2**63 - 1, len(texts), dtype=np.int64)
+    uids = np.random.default_rng().integers(0, 2**63 - 1, table.num_rows, dtype=np.int64)
     table = table.append_column(UID, pa.array(uids))
     table = table.append_column(HASH, pa.array(hashes))
     if not keys.shape[1]:  # neither exact nor near dedup: nothing to bucket
@@ -334,26 +331,22 @@ def _lookup_rows(table: pa.Table, uids: np.ndarray, text_column: str, cfg: Dedup
         # with equal text but other fields differing then keep the same one on every run.
         fields = rows.drop_columns([c for c in INTERNAL if c in rows.column_names]).to_pylist()
         rank = pa.array([content_hash(json.dumps(row, sort_keys=True, default=str)) for row in fields], pa.int64())
-    offsets, values = _verify_values(_texts(rows, text_column), cfg)
+    offsets, values = _verify_values(rows.column(text_column), cfg)
     return pa.table({UID: rows.column(UID), RANK: rank, VALUES: pa.LargeListArray.from_arrays(offsets, values)})
 
 
-def _verify_values(texts: list[str], cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+def _verify_values(texts: pa.ChunkedArray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, values): each text's sorted unique shingle hashes, or its MinHash signature."""
-    parts, sizes = [], []
-    for lo, hi in _chunks(texts):
-        shingled = shingle_codepoints(*normalize_batch(texts[lo:hi], cfg.normalize), cfg.shingle, cfg.ngram)
-        if cfg.verify == "signature":
-            sig = signatures(shingled.hashes, shingled.doc_starts, cfg.num_perm, cfg.seed)
-            parts.append(sig.ravel())
-            sizes.append(np.full(hi - lo, cfg.num_perm, dtype=np.int64))
-        else:
-            values, offsets = sorted_sets(shingled.hashes, shingled.doc_starts)
-            parts.append(values)
-            sizes.append(np.diff(offsets))
-    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-    np.cumsum(np.concatenate(sizes), out=offsets[1:])
-    return offsets, np.concatenate(parts)
+    a, b = permutations(cfg.num_perm, cfg.seed)
+    return verify_values(
+        *utf8_documents(texts, cfg.normalize),
+        *kernel_flags(cfg.normalize),
+        cfg.shingle == "word",
+        cfg.ngram,
+        a,
+        b,
+        cfg.verify == "signature",
+    )
 
 
 def _verify_batch(table: pa.Table, ref: Any, mode: str, threshold: float) -> pa.Table:
