@@ -11,6 +11,7 @@ from llmlab.train.config import TrainConfig
 # Every ray.train.report() waits for the controller's poll; its 2 s default dominated small
 # runs here (20 steps: 35 s vs 2 s). Ray propagates this variable from the driver.
 _TRAIN_POLL_INTERVAL_S = "0.1"
+_IDLE_WORKER_KEEP_MS = 60_000
 
 
 def connect_ray(cluster: ClusterConfig, train: TrainConfig, trials: int = 1) -> None:
@@ -35,6 +36,11 @@ def connect_ray(cluster: ClusterConfig, train: TrainConfig, trials: int = 1) -> 
         object_store_memory=cluster.object_store_mb * 2**20,
         dashboard_host="127.0.0.1",
         logging_level=logging.WARNING,
+        # Ray kills idle workers beyond one per logical CPU after 1 s. Ray Data's shuffles run
+        # their map and reduce tasks in worker pools of their own (another runtime env), so each
+        # shuffle evicted the warm data workers and every later stage paid process start-up and
+        # imports again (3-5 s per stage on 2 cores here). Idle workers now live for a minute.
+        _system_config={"idle_worker_killing_time_threshold_ms": _IDLE_WORKER_KEEP_MS},
     )
 
 

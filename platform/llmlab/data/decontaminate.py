@@ -18,7 +18,8 @@ import ray
 import ray.data
 
 from llmlab.data.dedup.config import DedupConfig
-from llmlab.data.dedup.minhash import band_keys, signatures
+from llmlab.data.dedup.kernels import band_keys
+from llmlab.data.dedup.minhash import signatures
 from llmlab.data.dedup.normalize import normalize_text
 from llmlab.data.dedup.pipeline import resolve_bands_rows
 from llmlab.data.dedup.shingles import batch_shingle_hashes
@@ -30,7 +31,7 @@ def _fingerprints(texts: list[str], cfg: DedupConfig) -> tuple[np.ndarray, list[
     """(band keys (docs, bands), sorted unique shingle hashes per doc) of a batch of texts."""
     normalized = [normalize_text(text, cfg.normalize) for text in texts]
     batch = batch_shingle_hashes(normalized, cfg.shingle, cfg.ngram)
-    sig = signatures((batch.hashes >> np.uint64(32)).astype(np.uint32), batch.doc_starts, cfg.num_perm, cfg.seed)
+    sig = signatures(batch.hashes, batch.doc_starts, cfg.num_perm, cfg.seed)
     bands, rows = resolve_bands_rows(cfg)
     bounds = np.append(batch.doc_starts, len(batch.hashes))
     sets = [np.unique(batch.hashes[bounds[i] : bounds[i + 1]]) for i in range(len(texts))]

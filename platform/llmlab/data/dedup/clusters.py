@@ -29,11 +29,16 @@ def components(edges: np.ndarray) -> list[list[int]]:
     return [sorted(members) for members in groups.values()]
 
 
+def representative(members: list[int], rank: Mapping[int, Any]) -> int:
+    """The member with the smallest rank (ties: smallest uid): the one a cluster keeps."""
+    return min(members, key=lambda uid: (_sortable(rank[uid]), uid))
+
+
 def dropped_members(clusters: list[list[int]], rank: Mapping[int, Any]) -> list[int]:
-    """Every member except the one with the smallest rank (ties: smallest uid), per cluster."""
+    """Every member except the representative, per cluster."""
     dropped: list[int] = []
     for members in clusters:
-        keep = min(members, key=lambda uid: (_sortable(rank[uid]), uid))
+        keep = representative(members, rank)
         dropped.extend(uid for uid in members if uid != keep)
     return dropped
 
