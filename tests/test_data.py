@@ -512,7 +512,7 @@ def test_planted_duplicates_are_exact_or_near_copies(demo_rows):
         scores = {text: len(mine & theirs) / len(mine | theirs) for text, theirs in original_grams.items()}
         source = max(scores, key=scores.get)
         # (A word repeated inside a run of equal words can leave the 5-gram set unchanged: J = 1.)
-        assert 0.5 <= scores[source] <= 1 and by_text[source] == row["domain"]
+        assert 0.3 <= scores[source] <= 1 and by_text[source] == row["domain"]
         sources.add(source)
         best.append(scores[source])
     assert np.median(best) >= 0.8  # one edit in a short document costs more than 1% of its 5-grams

@@ -69,8 +69,15 @@ def test_quickstart(cli_env: dict[str, str], tmp_path: Path) -> None:
 
     losses = loss_by_step(client, run.info.run_id)
     assert sorted(losses) == list(range(1, 301))
-    first, last = losses[1][0], losses[300][-1]
-    assert last < 0.6 * first, (first, last)
+    # One batch's loss is noisy (±0.2 here); the mean of the last 20 steps and the held-out loss are not.
+    first = losses[1][0]
+    recent = sum(losses[step][-1] for step in range(281, 301)) / 20
+    assert recent < 0.62 * first, (first, recent)
+    heldout = [
+        metric.value for metric in sorted(client.get_metric_history(run.info.run_id, "eval_loss"), key=lambda m: m.step)
+    ]
+    assert len(heldout) == 3 and heldout[0] > heldout[1] > heldout[2] and heldout[2] < 0.65 * first, heldout
+    assert {"eval_loss/python_docs", "eval_loss/package_docs"} <= set(run.data.metrics)
     for key in ("lr", "grad_norm", "tokens_per_s", "step_time_s"):
         assert len(client.get_metric_history(run.info.run_id, key)) == 300, key
     assert any(key.startswith("system/node0/cpu") for key in run.data.metrics)
