@@ -26,7 +26,7 @@ from llmlab.data.pipeline import DocumentSplits, heldout_manifests, load_splits,
 from llmlab.data.shards import Manifest
 from llmlab.data.sources import expand_paths
 from llmlab.data.tokenizer import load_tokenizer
-from llmlab.tracking.runs import log_params, log_report, open_run
+from llmlab.tracking.runs import log_params, log_report, marks_failure, open_run
 from llmlab.tracking.store import TrackingStore, check_reachable, resolve_store
 from llmlab.train.checkpoint import load_model_state
 from llmlab.train.evaluate import OVERALL
@@ -152,14 +152,8 @@ def run_experiment(
     say(f"[{run_name}] {'resuming' if resumed else 'started'} MLflow run {run_id} in {store.uri}")
     for key, value in (tags or {}).items():
         client.set_tag(run_id, key, value)
-    try:
+    with marks_failure(client, run_id):
         _train_and_log(exp, source, store, client, run_id, run_name, storage, use_gpu, say, train_callbacks)
-    except KeyboardInterrupt:
-        client.set_terminated(run_id, "KILLED")
-        raise
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
     client.set_terminated(run_id, "FINISHED")
     loss_by_step = {metric.step: metric.value for metric in client.get_metric_history(run_id, "loss")}
     steps = sorted(loss_by_step)

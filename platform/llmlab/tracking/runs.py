@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,20 @@ def open_run(
         tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     return run.info.run_id, False
+
+
+@contextlib.contextmanager
+def marks_failure(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """An interrupted body leaves the run KILLED, a failed one FAILED (the error goes on up); the
+    caller sets the status of a body that completes."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
 
 
 def experiment_id_for(client: MlflowClient, store: TrackingStore, experiment: str) -> str:

@@ -24,7 +24,7 @@ from llmlab.cluster import cluster_has_gpus, connect_ray, quiet_data_progress
 from llmlab.config import ExperimentConfig, flatten, to_yaml
 from llmlab.data.config import DataConfig
 from llmlab.experiment import check_data_inputs, default_run_name, prepare_data, resolve_storage, run_experiment
-from llmlab.tracking.runs import flatten_numbers, log_params, open_run
+from llmlab.tracking.runs import flatten_numbers, log_params, marks_failure, open_run
 from llmlab.tracking.store import check_reachable, resolve_store
 from llmlab.tune.results import TrialOutcome, VariantRow, by_variant, format_table
 from llmlab.tune.space import check_space, grid_size, trial_experiment, tune_space, variant_label
@@ -69,19 +69,13 @@ def run_sweep(exp: ExperimentConfig, source: Path | None = None, say: Callable[[
         f"[{name}] {'resuming' if resumed else 'started'} sweep: {grid_size(exp.sweep)} trials, {concurrency} at a "
         f"time, ranked by {exp.sweep.mode} {exp.sweep.metric}; MLflow parent run {parent_id} in {store.uri}"
     )
-    try:
+    with marks_failure(client, parent_id):
         log_params(client, parent_id, flatten(exp))
         client.log_text(parent_id, to_yaml(exp), "config.yaml")
         client.set_tag(parent_id, SWEEP_TAG, "parent")
         for data in data_settings:
             _prepare(data, storage, name, say)
         _tune(exp, source, name, storage, parent_id, concurrency)
-    except KeyboardInterrupt:
-        client.set_terminated(parent_id, "KILLED")
-        raise
-    except BaseException:
-        client.set_terminated(parent_id, "FAILED")
-        raise
     summary = _summarise(client, exp, name, parent_id, store.uri)
     finished = any(t.status == "FINISHED" for t in summary.trials)
     client.set_terminated(parent_id, "FINISHED" if finished else "FAILED")
