@@ -77,7 +77,33 @@ def test_normalisation_follows_the_config() -> None:
 
 def test_components_join_transitive_edges() -> None:
     edges = np.array([[1, 2], [3, 2], [7, 8]], dtype=np.int64)
-    assert sorted(components(edges)) == [[1, 2, 3], [7, 8]]
+    assert components(edges) == [[1, 2, 3], [7, 8]]
+    assert components(np.zeros((0, 2), dtype=np.int64)) == []
+
+
+def test_components_equal_a_graph_search() -> None:
+    """On a random sparse graph over 63-bit uids, against a plain depth-first search."""
+    rng = np.random.default_rng(0)
+    uids = rng.integers(0, 2**63 - 1, 300)
+    edges = np.vstack([uids[rng.integers(0, 300, (250, 2))], [[uids[0], uids[0]]]])  # and a self-loop
+    neighbours: dict[int, set[int]] = {}
+    for a, b in edges.tolist():
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
+    expected, seen = [], set()
+    for start in neighbours:
+        if start in seen:
+            continue
+        stack, members = [start], set()
+        while stack:
+            node = stack.pop()
+            if node not in members:
+                members.add(node)
+                stack.extend(neighbours[node] - members)
+        seen |= members
+        if len(members) > 1:
+            expected.append(sorted(members))
+    assert components(edges) == sorted(expected)
 
 
 def _rows(texts: list[str]) -> list[dict]:

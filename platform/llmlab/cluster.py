@@ -33,7 +33,7 @@ def connect_ray(cluster: ClusterConfig, train: TrainConfig, trials: int = 1) -> 
     needed = trials * int(train.num_workers * train.cpus_per_worker + 0.999) + 2
     ray.init(
         num_cpus=cluster.num_cpus or max(os.cpu_count() or 1, needed),
-        object_store_memory=cluster.object_store_mb * 2**20,
+        object_store_memory=cluster.object_store_mb and cluster.object_store_mb * 2**20,
         dashboard_host="127.0.0.1",
         logging_level=logging.WARNING,
         # Ray kills idle workers beyond one per logical CPU after 1 s. Ray Data's shuffles run

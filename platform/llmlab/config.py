@@ -62,7 +62,9 @@ class ClusterConfig(_Section):
         gt=0,
         description="Logical CPUs of a local Ray; null: enough for the workers and the data tasks.",
     )
-    object_store_mb: int = Field(1024, gt=0, description="Object store size of a local Ray, in MiB.")
+    object_store_mb: int | None = Field(
+        1024, gt=0, description="Object store size of a local Ray, in MiB; null: Ray's default (30% of memory)."
+    )
 
 
 class ExperimentConfig(_Section):

@@ -9,24 +9,22 @@ import numpy as np
 
 
 def components(edges: np.ndarray) -> list[list[int]]:
-    """Components (size ≥ 2) of an (E, 2) int64 edge array, by union-find with path halving."""
-    parent: dict[int, int] = {}
+    """Components (size ≥ 2) of an (E, 2) int64 edge array, each sorted, in order of their
+    smallest member. Vectorised (scipy's connected components over the nodes' dense indices):
+    a Python union-find over 100k edges made enough objects to trigger 0.2 s collector pauses."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def find(x: int) -> int:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in edges.tolist():
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[int, list[int]] = {}
-    for node in parent:
-        groups.setdefault(find(node), []).append(node)
-    return [sorted(members) for members in groups.values()]
+    if not len(edges):
+        return []
+    nodes, index = np.unique(edges, return_inverse=True)  # nodes sorted, so members come sorted
+    index = index.reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(index), dtype=np.int8), (index[:, 0], index[:, 1])), shape=(len(nodes),) * 2)
+    _, labels = connected_components(graph, directed=False)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    groups = [nodes[members].tolist() for members in np.split(order, bounds) if len(members) > 1]
+    return sorted(groups, key=lambda members: members[0])
 
 
 def representative(members: list[int], rank: Mapping[int, Any]) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from scipy.integrate import quad
 
 from llmlab.data.dedup.kernels import minhash
 
@@ -32,10 +31,14 @@ def signatures(hashes: np.ndarray, doc_starts: np.ndarray, num_perm: int, seed: 
 
 
 def _false_positive(threshold: float, bands: int, rows: int) -> float:
+    from scipy.integrate import quad  # here: the data workers import this module, and never this (0.2 s)
+
     return quad(lambda s: 1 - (1 - s ** float(rows)) ** float(bands), 0.0, threshold)[0]
 
 
 def _false_negative(threshold: float, bands: int, rows: int) -> float:
+    from scipy.integrate import quad
+
     return quad(lambda s: 1 - (1 - (1 - s ** float(rows)) ** float(bands)), threshold, 1.0)[0]
 
 

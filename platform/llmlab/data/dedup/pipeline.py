@@ -135,7 +135,9 @@ def run_dedup(ds: ray.data.Dataset, cfg: DedupConfig, text_column: str = "text")
 
     start = time.perf_counter()
     dropped = np.sort(np.concatenate([dropped_exact, dropped_near]))
-    out = prepared.map_batches(_drop_uids, fn_kwargs={"dropped": dropped}, batch_format="pyarrow").materialize()
+    out = prepared.map_batches(
+        _drop_uids, fn_kwargs={"dropped": dropped}, batch_format="pyarrow", batch_size=None
+    ).materialize()
     report.seconds["output"] = time.perf_counter() - start
     return DedupResult(out, report, edges, scores, lookup.ranks)
 
@@ -147,10 +149,13 @@ def _refresh_limits_often() -> None:
     blocks × 0.2 s of work: 1.4-1.6 s instead of 0.75 s on 2 cores). Re-reading the (cached)
     limits every 50 ms ends that window as soon as the answer arrives. A private setting: if a
     later Ray drops it, setting it does nothing."""
+    from ray.data._internal.execution import streaming_executor_state
     from ray.data._internal.execution.resource_manager import ResourceManager
 
     if getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", 0) > _LIMITS_REFRESH_S:
         ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = _LIMITS_REFRESH_S
+    if getattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", 0) > _LIMITS_REFRESH_S:
+        streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = _LIMITS_REFRESH_S
 
 
 def _prepare(table: pa.Table, text_column: str, cfg: DedupConfig, bands: int, rows: int) -> pa.Table:
@@ -267,7 +272,10 @@ def _remap(candidates: np.ndarray, groups: list[list[int]], dropped: np.ndarray,
         candidates = np.where(members[pos] == candidates, kept[pos], candidates)
     candidates = np.sort(candidates, axis=1)
     candidates = candidates[candidates[:, 0] != candidates[:, 1]]
-    return np.unique(candidates, axis=0) if len(candidates) else candidates.reshape(0, 2)
+    # Unique rows by a lexsort: np.unique(axis=0) sorts a void view, 10× slower on 150k pairs.
+    candidates = candidates[np.lexsort((candidates[:, 1], candidates[:, 0]))]
+    first = np.r_[True, np.any(candidates[1:] != candidates[:-1], axis=1)] if len(candidates) else []
+    return candidates[first].reshape(-1, 2)
 
 
 class _Lookup:

@@ -50,10 +50,11 @@ def shingle_hash32(shingle: str | bytes) -> int:
 
 @lru_cache(maxsize=1)
 def whitespace_mask() -> np.ndarray:
-    """mask[cp] is True for exactly the characters str.split() splits on (the highest is
-    U+3000), so word shingles and whitespace collapsing match Python's notion."""
+    """mask[cp] is True for exactly the characters str.split() splits on, so word shingles and
+    whitespace collapsing match Python's notion. It covers every code point (1.1 MB, of which a
+    text touches a few cache lines) so that the shingle kernel indexes it without a bounds test."""
     spaces = [cp for cp in range(sys.maxunicode + 1) if chr(cp).isspace()]
-    mask = np.zeros(max(spaces) + 1, dtype=np.bool_)
+    mask = np.zeros(sys.maxunicode + 1, dtype=np.bool_)
     mask[spaces] = True
     return mask
 
