@@ -55,6 +55,9 @@ def test_normalize_batch_equals_normalize_text(cfg: NormalizeConfig) -> None:
     expected = [normalize_text(t or "", cfg) for t in MIXED]
     assert _decoded(*normalize_batch(column, cfg)) == expected
     assert _decoded(*normalize_batch(MIXED, cfg)) == expected
+    # A slice (an array with an offset), of 32-bit and of 64-bit string offsets, read in place.
+    for kind in (pa.string(), pa.large_string()):
+        assert _decoded(*normalize_batch(pa.array(MIXED, kind).slice(3, 9), cfg)) == expected[3:12]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS)

@@ -80,22 +80,24 @@ def kernel_flags(cfg: NormalizeConfig) -> tuple[bool, np.ndarray, np.ndarray, bo
     return cfg.lowercase, punctuation_mask(), whitespace_mask(), cfg.strip_punctuation, cfg.collapse_whitespace
 
 
-def text_array(texts: Texts) -> pa.LargeStringArray:
-    """One large_string array without nulls (None: ""), for `normalize_batch` and its slices."""
+def text_array(texts: Texts) -> pa.StringArray | pa.LargeStringArray:
+    """One string or large_string array without nulls (None: ""), for `normalize_batch` and its
+    slices. Both kinds are read in place: casting string to large_string copied every text."""
     array = pa.array(texts, pa.large_string()) if isinstance(texts, list) else texts
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks() if array.num_chunks else pa.array([], pa.large_string())
-    if array.type != pa.large_string():
+    if array.type not in (pa.string(), pa.large_string()):
         array = array.cast(pa.large_string())
     return pc.fill_null(array, "") if array.null_count else array
 
 
-def _utf8_buffers(array: pa.LargeStringArray) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes, int64 offsets into them) of a large_string array, without copying."""
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+def _utf8_buffers(array: pa.StringArray | pa.LargeStringArray) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, int64 offsets into them) of a string array, without copying the bytes."""
+    width = np.int64 if array.type == pa.large_string() else np.int32
+    offsets = np.frombuffer(array.buffers()[1], dtype=width)[array.offset : array.offset + len(array) + 1]
     values = array.buffers()[2]
     data = np.frombuffer(values, dtype=np.uint8) if values is not None else np.zeros(0, dtype=np.uint8)
-    return data, offsets
+    return data, offsets.astype(np.int64, copy=False)
 
 
 def _python_steps(text: str, cfg: NormalizeConfig) -> str:
