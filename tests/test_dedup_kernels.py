@@ -188,3 +188,20 @@ def test_bucket_pairs_equal_a_python_reference() -> None:
     want_exact, want_near = _reference_buckets(keys.tolist(), uids.tolist(), hashes.tolist(), 8)
     assert got_exact == want_exact and len(got_exact) == int((exact == 1).sum())
     assert got_near == want_near
+
+
+def test_bucket_pairs_on_hash_keys_equal_a_python_reference() -> None:
+    """Keys as the pipeline makes them (uniform 64-bit hashes, so the linear key ordering and the
+    two-member fast path run): thousands of buckets of one, two and a few members."""
+    rng = np.random.default_rng(4)
+    n = 6000
+    distinct = rng.integers(-(2**63), 2**63 - 1, 2500, dtype=np.int64)
+    keys = distinct[rng.integers(0, len(distinct), n)]
+    uids = rng.permutation(10**6)[:n].astype(np.int64)
+    hashes = rng.integers(0, 3, n).astype(np.int64)  # copies within buckets, of both kinds
+    a, b, exact = bucket_pairs(keys, uids, hashes, 8)
+    got_exact = set(zip(a[exact == 1].tolist(), b[exact == 1].tolist(), strict=True))
+    got_near = set(zip(a[exact == 0].tolist(), b[exact == 0].tolist(), strict=True))
+    want_exact, want_near = _reference_buckets(keys.tolist(), uids.tolist(), hashes.tolist(), 8)
+    assert got_exact == want_exact and len(got_exact) == int((exact == 1).sum())
+    assert got_near == want_near and len(got_near) == int((exact == 0).sum())
