@@ -228,3 +228,22 @@ def test_cli_errors_are_one_line(cli_env, tmp_path, make_input, overrides, messa
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+
+
+def test_collector_pause_restores_the_previous_state() -> None:
+    import gc
+
+    from llmlab.data.dedup.pipeline import _collector_paused
+
+    assert gc.isenabled()
+    with pytest.raises(ValueError), _collector_paused():
+        assert not gc.isenabled()
+        raise ValueError("a failing stage")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _collector_paused():
+            pass
+        assert not gc.isenabled()  # a caller that had turned it off keeps it off
+    finally:
+        gc.enable()
