@@ -18,56 +18,74 @@ import ray
 import ray.data
 
 from llmlab.data.dedup.config import DedupConfig
-from llmlab.data.dedup.kernels import band_keys
-from llmlab.data.dedup.minhash import signatures
-from llmlab.data.dedup.normalize import normalize_text
+from llmlab.data.dedup.kernels import document_keys, jaccard, verify_values
+from llmlab.data.dedup.minhash import permutations
+from llmlab.data.dedup.normalize import kernel_flags, utf8_documents
 from llmlab.data.dedup.pipeline import resolve_bands_rows
-from llmlab.data.dedup.shingles import batch_shingle_hashes
 
 _BATCH_DOCS = 4096
 
-
-def _fingerprints(texts: list[str], cfg: DedupConfig) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(band keys (docs, bands), sorted unique shingle hashes per doc) of a batch of texts."""
-    normalized = [normalize_text(text, cfg.normalize) for text in texts]
-    batch = batch_shingle_hashes(normalized, cfg.shingle, cfg.ngram)
-    sig = signatures(batch.hashes, batch.doc_starts, cfg.num_perm, cfg.seed)
-    bands, rows = resolve_bands_rows(cfg)
-    bounds = np.append(batch.doc_starts, len(batch.hashes))
-    sets = [np.unique(batch.hashes[bounds[i] : bounds[i + 1]]) for i in range(len(texts))]
-    return band_keys(sig, bands, rows), sets
+Texts = pa.Array | pa.ChunkedArray | list[str]
 
 
-def _heldout_index(heldout: ray.data.Dataset, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """(sorted band keys, the held-out document of each key, shingle sets by document)."""
-    texts = [
-        str(text)
-        for batch in heldout.select_columns(["text"]).iter_batches(batch_format="numpy")
-        for text in batch["text"]
-    ]
-    keys, sets = _fingerprints(texts, cfg) if texts else (np.zeros((0, 1), dtype=np.uint64), [])
-    owners = np.repeat(np.arange(len(texts)), keys.shape[1])
-    order = np.argsort(keys.reshape(-1), kind="stable")
-    return keys.reshape(-1)[order], owners[order], sets
+class _Fingerprints:
+    """Band keys (docs, bands) and shingle sets (offsets, sorted 32-bit values) of documents, as
+    the dedup pipeline's kernels compute them, so that "near" means the same here."""
+
+    def __init__(self, texts: Texts, cfg: DedupConfig) -> None:
+        documents, flags = utf8_documents(texts, cfg.normalize), kernel_flags(cfg.normalize)
+        a, b = permutations(cfg.num_perm, cfg.seed)
+        bands, rows = resolve_bands_rows(cfg)
+        words = cfg.shingle == "word"
+        _, self.keys = document_keys(*documents, *flags, words, cfg.ngram, a, b, bands, rows, False)
+        self.offsets, self.values = verify_values(*documents, *flags, words, cfg.ngram, a, b, False)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
+class _HeldoutIndex:
+    """The held-out documents' fingerprints with their band keys sorted, for lookups by key."""
+
+    def __init__(self, heldout: _Fingerprints) -> None:
+        self.sets = heldout
+        owners = np.repeat(np.arange(len(heldout)), heldout.keys.shape[1])
+        order = np.argsort(heldout.keys.reshape(-1), kind="stable")
+        self.keys, self.owners = heldout.keys.reshape(-1)[order], owners[order]
+
+    def candidates(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unique (document, held-out document) pairs that share a band key; keys (docs, bands)."""
+        lo = np.searchsorted(self.keys, keys.reshape(-1), side="left")
+        hi = np.searchsorted(self.keys, keys.reshape(-1), side="right")
+        counts = hi - lo
+        docs = np.repeat(np.repeat(np.arange(keys.shape[0]), keys.shape[1]), counts)
+        # Positions lo..hi-1 of every key, without a Python loop: a running index reset per key.
+        starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
+        owners = self.owners[starts + np.arange(counts.sum())]
+        pairs = np.unique(np.stack([docs, owners], axis=1), axis=0) if len(docs) else np.zeros((0, 2), np.int64)
+        return pairs[:, 0], pairs[:, 1]
+
+
+def _heldout_index(heldout: ray.data.Dataset, cfg: DedupConfig) -> _HeldoutIndex:
+    tables = list(heldout.select_columns(["text"]).iter_batches(batch_format="pyarrow"))
+    texts = pa.concat_tables(tables, promote_options="permissive").column("text") if tables else []
+    return _HeldoutIndex(_Fingerprints(texts, cfg))
 
 
 def _drop_contaminated(batch: pa.Table, index_ref: Any, cfg: DedupConfig) -> pa.Table:
-    held_keys, held_owner, held_sets = ray.get(index_ref)
-    texts = batch.column("text").to_pylist()
-    if not texts or not len(held_keys):
+    index: _HeldoutIndex = ray.get(index_ref)
+    if not batch.num_rows or not len(index.keys):
         return batch
-    keys, sets = _fingerprints(texts, cfg)
-    keep = np.ones(len(texts), dtype=bool)
-    for doc in np.nonzero(np.isin(keys, held_keys).any(axis=1))[0]:
-        # Candidates: the held-out documents sharing a band bucket; verified by exact Jaccard.
-        lo = np.searchsorted(held_keys, keys[doc], side="left")
-        hi = np.searchsorted(held_keys, keys[doc], side="right")
-        owners = np.unique(np.concatenate([held_owner[a:b] for a, b in zip(lo, hi, strict=True)]))
-        for owner in owners:
-            inter = len(np.intersect1d(sets[doc], held_sets[owner], assume_unique=True))
-            if inter / (len(sets[doc]) + len(held_sets[owner]) - inter) >= cfg.threshold:
-                keep[doc] = False
-                break
+    mine = _Fingerprints(batch.column("text"), cfg)
+    docs, owners = index.candidates(mine.keys)
+    if not len(docs):
+        return batch
+    # Both documents' sets in one array (held-out first) for the Jaccard kernel's merge.
+    values = np.concatenate([index.sets.values, mine.values])
+    offsets = np.concatenate([index.sets.offsets[:-1], mine.offsets + index.sets.offsets[-1]])
+    scores = jaccard(owners, docs + len(index.sets), offsets, values)
+    keep = np.ones(batch.num_rows, dtype=bool)
+    keep[docs[scores >= cfg.threshold]] = False
     return batch.filter(pa.array(keep))
 
 
