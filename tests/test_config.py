@@ -81,6 +81,22 @@ def _validate(tmp_path: Path, text: str | None, *overrides: str) -> subprocess.C
             (),
             "error: train.batch_size: must be divisible by",
         ),
+        (
+            "data: {mixture: {weights: {python_docs: 0, package_docs: 0}}}\n",
+            (),
+            "error: data.mixture.weights: weights must sum to a positive number",
+        ),
+        (
+            "data: {mixture: {weights: {wiki: 1}}}\n",
+            (),
+            "error: data.mixture: unknown domain 'wiki' (domains: python_docs, package_docs)",
+        ),
+        (
+            "data: {mixture: {policy: stages, stages: [{step: 9, weights: {python_docs: 1}}, "
+            "{step: 3, weights: {python_docs: 1}}]}}\n",
+            (),
+            "error: data.mixture.stages: steps must increase (got 3 after 9)",
+        ),
         ("train: [1, 2\n", (), "invalid YAML at line"),
         ("- 1\n- 2\n", (), "must hold a mapping of sections"),
         (None, (), "no such file"),

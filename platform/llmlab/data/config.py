@@ -7,6 +7,8 @@ import os
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llmlab.data.dedup.config import DedupConfig
+from llmlab.data.demo import DOMAINS as DEMO_DOMAINS
+from llmlab.data.mixture.config import MixtureConfig
 
 
 def _absolute_path(path: str) -> str:
@@ -106,6 +108,22 @@ class DataConfig(BaseModel):
         "1%-edited), as in web crawls: the case dedup is for.",
     )
 
+    mixture: MixtureConfig | None = Field(
+        default=None,
+        description="Sampling weights per domain (static, staged, or learned online from per-domain loss); "
+        "null: sequences in the corpus's own proportions.",
+    )
+
+    def shard_settings(self) -> dict:
+        """The settings that decide the token shards (their cache key): all but how domains are
+        mixed, which is a sampling choice, so that runs comparing mixtures share one build."""
+        return self.model_dump(mode="json", exclude={"mixture"})
+
+    @property
+    def domains(self) -> list[str]:
+        """The corpus's domain names, in order: the sources', or the demo corpus's."""
+        return [source.name for source in self.sources] if self.sources else list(DEMO_DOMAINS)
+
     @field_validator("tokenizer")
     @classmethod
     def _absolute_tokenizer(cls, path: str | None) -> str | None:
@@ -117,4 +135,21 @@ class DataConfig(BaseModel):
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:
             raise ValueError(f"sources: domain names must be unique (got {', '.join(duplicated)} twice)")
+        return self
+
+    @model_validator(mode="after")
+    def _mixture_names_known_domains(self) -> DataConfig:
+        if self.mixture is None:
+            return self
+        unknown = sorted(self.mixture.domains_named() - set(self.domains))
+        if unknown:
+            raise ValueError(
+                f"mixture: unknown domain {', '.join(map(repr, unknown))} (domains: {', '.join(self.domains)})"
+            )
+        k = len(self.domains)
+        if self.mixture.policy == "online" and self.mixture.online.min_weight * k >= 1:
+            raise ValueError(
+                f"mixture.online.min_weight: {k} domains cannot each get {self.mixture.online.min_weight} "
+                f"(must be below {1 / k:.4g})"
+            )
         return self

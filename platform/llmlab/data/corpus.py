@@ -107,5 +107,5 @@ def source_fingerprint(cfg: DataConfig) -> str:
 def cache_key(cfg: DataConfig, fingerprint: str) -> str:
     """Names the folder of a corpus's token shards: runs with the same data settings and source
     files share one (the manifest inside still checks config, files and tokenizer before reuse)."""
-    payload = json.dumps([cfg.model_dump(mode="json"), fingerprint], sort_keys=True).encode("utf-8")
+    payload = json.dumps([cfg.shard_settings(), fingerprint], sort_keys=True).encode("utf-8")
     return hashlib.sha256(payload).hexdigest()[:16]

@@ -97,7 +97,7 @@ def _reusable(out_dir: str, cfg: DataConfig, tokenizer: Tokenizer | None, finger
         manifest = Manifest.load(join(out_dir, MANIFEST_NAME))
     except FileNotFoundError:
         return None
-    if manifest.config != cfg.model_dump(mode="json") or manifest.source_fingerprint != fingerprint:
+    if manifest.config != cfg.shard_settings() or manifest.source_fingerprint != fingerprint:
         return None
     if tokenizer is not None and manifest.tokenizer_sha256 != _sha256(tokenizer.to_str()):
         return None
@@ -268,6 +268,6 @@ def _build_manifest(meta: list[dict[str, Any]], cfg: DataConfig, vocab_size: int
         total_tokens=sum(s.tokens for s in shards),
         input_tokens=sum(int(m["input_tokens"]) for m in meta),
         shards=shards,
-        config=cfg.model_dump(mode="json"),
+        config=cfg.shard_settings(),
         tokenizer_sha256=tok_sha,
     )

@@ -93,7 +93,7 @@ def _listed_data_settings(exp: ExperimentConfig) -> list[DataConfig]:
     settings: dict[str, DataConfig] = {}
     for values in itertools.product(*listed.values()):
         data = trial_experiment(base, dict(zip(listed, values, strict=True))).data
-        settings.setdefault(data.model_dump_json(), data)
+        settings.setdefault(json.dumps(data.shard_settings(), sort_keys=True), data)
     return list(settings.values())
 
 
