@@ -147,8 +147,12 @@ def test_pipeline_shards_match_reference(demo_shards, demo_rows):
     assert manifest.total_tokens == manifest.num_sequences * (cfg.seq_len + 1)
     assert Manifest.load(str(out)) == manifest
 
-    texts = [r["text"] for r in demo_rows]
+    # Packed domain by domain, in the config's domain order: no sequence spans two domains.
+    texts = [r["text"] for domain in cfg.domains for r in demo_rows if r["domain"] == domain]
+    domain_of = [domain for domain in cfg.domains for r in demo_rows if r["domain"] == domain]
+    assert [s.domain for s in manifest.shards] == sorted((s.domain for s in manifest.shards), key=cfg.domains.index)
     for i, shard in enumerate(manifest.shards):
+        assert set(domain_of[shard.first_doc : shard.first_doc + shard.docs]) == {shard.domain}
         rows = _read_shard(out, manifest, i)
         assert (out / shard.file).stat().st_size == rows.size * 2
         assert rows.shape == (shard.sequences, cfg.seq_len + 1)
@@ -161,6 +165,18 @@ def test_pipeline_shards_match_reference(demo_shards, demo_rows):
         last = int(np.nonzero(flat == eos_id(tok))[0][-1])
         decoded = tok.decode(flat[: last + 1].tolist(), skip_special_tokens=False)
         assert decoded == "".join(d + EOS_TOKEN for d in docs[:n_eos])
+
+
+def test_domain_rows_index_each_domains_sequences(demo_shards):
+    cfg, out, _, manifest = demo_shards
+    shards = TokenShards(str(out))
+    rows = shards.domain_rows(cfg.domains)
+    assert [len(r) for r in rows] == [sum(s.sequences for s in manifest.shards if s.domain == d) for d in cfg.domains]
+    assert all(len(r) > 0 for r in rows)
+    np.testing.assert_array_equal(np.sort(np.concatenate(rows)), np.arange(len(shards)))
+    first = manifest.shards[0]
+    np.testing.assert_array_equal(shards.get(rows[0][:3]), _read_shard(out, manifest, 0)[:3])
+    assert first.domain == cfg.domains[0]
 
 
 def test_pipeline_rerun_reuses_manifest(demo_shards):

@@ -25,6 +25,7 @@ from llmlab.data.config import DataConfig
 from llmlab.data.corpus import load_corpus
 from llmlab.data.shards import (
     MANIFEST_NAME,
+    MANIFEST_VERSION,
     Manifest,
     ShardInfo,
     dtype_for_vocab,
@@ -96,6 +97,8 @@ def _reusable(out_dir: str, cfg: DataConfig, tokenizer: Tokenizer | None, finger
     try:
         manifest = Manifest.load(join(out_dir, MANIFEST_NAME))
     except FileNotFoundError:
+        return None
+    if manifest.version != MANIFEST_VERSION:
         return None
     if manifest.config != cfg.shard_settings() or manifest.source_fingerprint != fingerprint:
         return None
@@ -183,7 +186,7 @@ def prepare_token_shards(
                 part.save(join(join(out_dir, folder), MANIFEST_NAME))
                 heldout[domain] = folder
 
-    manifest = writer.write(train, out_dir)
+    manifest = _write_by_domain(writer, splits.train, cfg.domains, out_dir)
     manifest.heldout = heldout
     manifest.reports = splits.reports
     if manifest.num_sequences == 0:
@@ -193,6 +196,27 @@ def prepare_token_shards(
         )
     manifest.save(join(out_dir, MANIFEST_NAME))
     return tokenizer, manifest
+
+
+def _write_by_domain(writer: _ShardWriter, train: ray.data.Dataset, domains: list[str], out_dir: str) -> Manifest:
+    """Training shards packed domain by domain (no sequence spans two domains, so a mixture can
+    draw by domain), listed in one manifest in `domains` order."""
+    parts = []
+    for domain in domains:
+        docs = train.map_batches(_of_domain, fn_kwargs={"domain": domain}, batch_format="pyarrow")
+        part = writer.write(_ordered_texts(docs), out_dir)
+        for shard in part.shards:
+            shard.domain = domain
+            shard.first_doc += sum(p.num_docs for p in parts)
+        parts.append(part)
+    manifest = parts[0]
+    for part in parts[1:]:
+        manifest.shards += part.shards
+        manifest.num_docs += part.num_docs
+        manifest.num_sequences += part.num_sequences
+        manifest.total_tokens += part.total_tokens
+        manifest.input_tokens += part.input_tokens
+    return manifest
 
 
 def heldout_manifests(manifest_uri: str) -> dict[str, str]:

@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow.fs as pafs
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
+# 2: training shards are packed per domain (ShardInfo.domain); older builds are rebuilt.
+MANIFEST_VERSION = 2
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -45,6 +46,7 @@ class ShardInfo:
     first_doc: int  # index in corpus order of the first document packed into this shard
     docs: int  # documents of the batch this shard was packed from (the last may be cut off)
     tokens: int  # tokens stored = sequences * (seq_len + 1)
+    domain: str = ""  # every sequence of a shard comes from this one domain (data mixing draws by domain)
 
 
 @dataclass
@@ -122,6 +124,14 @@ class TokenShards:
 
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0
+
+    def domain_rows(self, domains: list[str]) -> list[np.ndarray]:
+        """The global row indices of each of `domains`' sequences, in shard order."""
+        rows = {domain: [] for domain in domains}
+        for shard, start, end in zip(self.manifest.shards, self._starts, self._ends, strict=True):
+            if shard.domain in rows:
+                rows[shard.domain].append(np.arange(start, end, dtype=np.int64))
+        return [np.concatenate(rows[d]) if rows[d] else np.zeros(0, dtype=np.int64) for d in domains]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
