@@ -37,9 +37,9 @@ def only_run(client: MlflowClient, experiment: str, run_name: str):
     return runs[0]
 
 
-def loss_by_step(client: MlflowClient, run_id: str) -> dict[int, list[float]]:
+def loss_by_step(client: MlflowClient, run_id: str, key: str = "loss") -> dict[int, list[float]]:
     history: dict[int, list[float]] = {}
-    for metric in client.get_metric_history(run_id, "loss"):
+    for metric in client.get_metric_history(run_id, key):
         history.setdefault(metric.step, []).append(metric.value)
     return history
 
@@ -95,11 +95,11 @@ def test_quickstart(cli_env: dict[str, str], tmp_path: Path) -> None:
     assert out.shape[1] == prompt["input_ids"].shape[1] + 5
 
 
-def tiny_experiment(folder: Path, max_steps: int) -> Path:
+def tiny_experiment(folder: Path, max_steps: int, mixture: str = "null") -> Path:
     path = folder / "tiny.yaml"
     path.write_text(
         f"""
-data: {{seq_len: 32, vocab_size: 512, demo_docs_per_domain: 150}}
+data: {{seq_len: 32, vocab_size: 512, demo_docs_per_domain: 150, mixture: {mixture}}}
 model: {{d_model: 32, n_layers: 2, n_heads: 2, dropout: 0.1}}
 train: {{num_workers: 2, max_steps: {max_steps}, batch_size: 8, lr: 0.003, warmup_steps: 5,
          log_every: 5, checkpoint_every: 10}}
@@ -119,9 +119,14 @@ def latest_checkpoint_step(run_folder: Path) -> int:
     return max(steps)
 
 
-def test_resume_after_interruption(cli_env: dict[str, str], tmp_path: Path) -> None:
-    """Kill the driver mid-run; the same command resumes the same MLflow run at the saved step."""
-    experiment = tiny_experiment(tmp_path, max_steps=300)
+ONLINE_MIXTURE = "{policy: online, online: {update_every: 5, learning_rate: 2.0}}"
+
+
+@pytest.mark.parametrize("mixture", ["null", ONLINE_MIXTURE], ids=["natural", "online-mixture"])
+def test_resume_after_interruption(cli_env: dict[str, str], tmp_path: Path, mixture: str) -> None:
+    """Kill the driver mid-run; the same command resumes the same MLflow run at the saved step.
+    With an online mixture, the sampler's position and the learned weights come back too."""
+    experiment = tiny_experiment(tmp_path, max_steps=300, mixture=mixture)
     args = ("run", str(experiment))
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(
@@ -160,6 +165,25 @@ def test_resume_after_interruption(cli_env: dict[str, str], tmp_path: Path) -> N
     for step in repeated:
         assert losses[step][0] == pytest.approx(losses[step][1], abs=1e-6), step
     assert all(len(losses[step]) == 1 for step in range(1, resumed_at + 1))
+    if mixture != "null":
+        _check_mixture_metrics(client, run.info.run_id, ["python_docs", "package_docs"])
+
+
+def _check_mixture_metrics(client: MlflowClient, run_id: str, domains: list[str]) -> None:
+    """Per-domain weights, loss and tokens every step; weights that moved; the final ones a param."""
+    weights = {d: loss_by_step(client, run_id, f"mix_weight/{d}") for d in domains}
+    for step in range(1, 301):
+        assert sum(weights[d][step][-1] for d in domains) == pytest.approx(1.0)
+        assert min(weights[d][step][-1] for d in domains) >= 0.01 - 1e-9  # the default floor
+    assert any(abs(weights[d][300][-1] - weights[d][1][-1]) > 0.01 for d in domains)
+    # A domain's loss is logged at the steps whose batch held it (at a small weight, not all).
+    loss_steps = [set(loss_by_step(client, run_id, f"train_loss/{d}")) for d in domains]
+    assert set.union(*loss_steps) == set(range(1, 301)) and all(len(steps) > 30 for steps in loss_steps)
+    for d in domains:
+        tokens = loss_by_step(client, run_id, f"tokens_seen/{d}")
+        assert tokens[300][-1] > tokens[1][-1] > 0
+    final = json.loads(client.get_run(run_id).data.params["data.mixture.final_weights"])
+    assert set(final) == set(domains) and sum(final.values()) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_unreachable_tracking_store_stops_before_compute(tmp_path: Path) -> None:

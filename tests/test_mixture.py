@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from llmlab.data.mixture import (
     DomainExhausted,
@@ -133,3 +134,80 @@ def test_online_weights_hold_the_floor_under_extreme_losses_and_resume() -> None
     copy = OnlineWeights(cfg, DOMAINS, np.full(3, 1 / 3))
     copy.load_state_dict(json.loads(json.dumps(online.state_dict())))
     np.testing.assert_array_equal(copy.update(np.array([1.0, 3.0, 1.0])), online.update(np.array([1.0, 3.0, 1.0])))
+
+
+def _domain_shards(folder, sizes: dict[str, int], seq_len: int = 4):
+    """Shards on disk whose rows carry their domain in every token (domain k: tokens 100k + row)."""
+    from llmlab.data.shards import Manifest, ShardInfo, TokenShards
+
+    shards = []
+    for k, (domain, n) in enumerate(sizes.items()):
+        rows = np.repeat((100 * k + np.arange(n))[:, None], seq_len + 1, axis=1).astype(np.uint16)
+        name = f"{domain}.bin"
+        rows.tofile(folder / name)
+        shards.append(ShardInfo(file=name, sequences=n, first_doc=0, docs=n, tokens=rows.size, domain=domain))
+    Manifest(seq_len=seq_len, dtype="uint16", vocab_size=1000, shards=shards).save(str(folder))
+    return TokenShards(str(folder))
+
+
+def _mixed(shards, cfg: MixtureConfig, rank: int = 0, world: int = 1, accum: int = 1):
+    from llmlab.train.mixing import MixedBatches
+
+    return MixedBatches(shards, cfg, DOMAINS, {}, batch_size=12, seed=5, dp_rank=rank, dp_size=world, grad_accum=accum)
+
+
+def test_mixed_batches_split_the_global_batch_between_ranks_with_domain_labels(tmp_path) -> None:
+    shards = _domain_shards(tmp_path, {"web": 40, "code": 30, "books": 20})
+    cfg = MixtureConfig(weights={"web": 0.5, "code": 0.25, "books": 0.25})
+    single, ranks = _mixed(shards, cfg), [_mixed(shards, cfg, rank=r, world=3, accum=2) for r in range(3)]
+    for step in range(6):
+        whole = torch.cat(list(single(step)))
+        labels = torch.cat(list(single.groups(step)))
+        parts = [torch.cat(list(r(step))) for r in ranks]
+        torch.testing.assert_close(torch.cat(parts), whole)
+        torch.testing.assert_close(torch.cat([torch.cat(list(r.groups(step))) for r in ranks]), labels)
+        assert (whole[:, 0] // 100 == labels).all()  # every row is from the domain it is labelled with
+        assert labels.bincount(minlength=3).tolist() == [6, 3, 3]
+    assert single.tokens_seen.tolist() == [36 * 4, 18 * 4, 18 * 4]
+    with pytest.raises(RuntimeError, match="before its batch"):
+        single.groups(9)
+
+
+def test_mixed_batches_resume_with_online_weights(tmp_path) -> None:
+    shards = _domain_shards(tmp_path, {"web": 40, "code": 30, "books": 20})
+    cfg = MixtureConfig(policy="online", online={"update_every": 2, "reference_losses": {d: 1.0 for d in DOMAINS}})
+    losses = [(1.0, 2.0 + step % 3, 1.5) for step in range(1, 21)]
+
+    def run(mixed, steps):
+        out = []
+        for step in steps:
+            out.append(torch.cat(list(mixed(step - 1))))
+            mixed.observe(step, losses[step - 1], [4, 4, 4])
+        return out
+
+    whole = run(_mixed(shards, cfg), range(1, 21))
+    first = _mixed(shards, cfg)
+    run(first, range(1, 12))
+    state = json.loads(json.dumps(first.state_dict()))
+    resumed = _mixed(shards, cfg)
+    resumed.load_state_dict(state)
+    for got, want in zip(run(resumed, range(12, 21)), whole[11:], strict=True):
+        torch.testing.assert_close(got, want)
+    np.testing.assert_array_equal(resumed.weights_at(20), _final_weights(shards, cfg, losses))
+    assert resumed.weights_at(20)[1] > 1 / 3  # code's loss is highest: its weight went up
+
+
+def _final_weights(shards, cfg, losses) -> np.ndarray:
+    mixed = _mixed(shards, cfg)
+    for step in range(1, 21):
+        mixed(step - 1)
+        mixed.observe(step, losses[step - 1], [4, 4, 4])
+    return mixed.weights_at(20)
+
+
+def test_doremi_without_a_reference_model_favours_the_domain_that_improves_least() -> None:
+    online = OnlineWeights(OnlineConfig(learning_rate=5.0), DOMAINS, np.full(3, 1 / 3))
+    for t in range(8):  # every loss falls; books falls slowest relative to its start
+        weights = online.update(np.array([4.0 * 0.8**t, 3.0 * 0.8**t, 2.0 * 0.95**t]))
+    assert weights[2] > 0.5 and weights[0] == pytest.approx(weights[1])
+    assert online.update(np.full(3, np.nan)).sum() == pytest.approx(1.0)  # nothing sampled: no NaN

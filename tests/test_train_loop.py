@@ -215,3 +215,39 @@ def test_evaluate_over_gloo_ranks_matches_one_process(tmp_path) -> None:
     single = evaluate(tiny_model(), {"d": rows}, micro_batch=2, device=torch.device("cpu"))
     for rank in (0, 1):
         assert results[rank]["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-5)
+
+
+def test_group_losses_are_each_groups_mean_row_loss() -> None:
+    """With row groups (data domains), a step also reports each group's mean loss over its rows:
+    against per-row cross-entropy of the weights the step started from."""
+    model = tiny_model()
+    before = copy.deepcopy(model)
+    rows = fixed_rows(batch=8)
+    labels = torch.tensor([0, 2, 2, 0, 0, 2, 0, 0])  # group 1 has no rows
+    cfg = TrainConfig(max_steps=1, batch_size=8, grad_accum=2, warmup_steps=0, lr=1e-3)
+    seen: list[StepMetrics] = []
+    optimizer = build_optimizer(model, cfg)
+    train(
+        model,
+        optimizer,
+        build_scheduler(optimizer, cfg),
+        lambda step: rows.chunk(2),
+        cfg,
+        device=torch.device("cpu"),
+        on_step=seen.append,
+        groups=lambda step: labels.chunk(2),
+        num_groups=3,
+    )
+    with torch.no_grad():
+        logits = before(rows[:, :-1])
+        per_row = (
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="none")
+            .view(8, -1)
+            .mean(dim=1)
+        )
+    step = seen[0]
+    assert step.group_rows == (5, 0, 3)
+    assert step.group_loss[0] == pytest.approx(float(per_row[labels == 0].mean()), rel=1e-5)
+    assert step.group_loss[2] == pytest.approx(float(per_row[labels == 2].mean()), rel=1e-5)
+    assert math.isnan(step.group_loss[1])
+    assert step.loss == pytest.approx(float(per_row.mean()), rel=1e-5)

@@ -24,6 +24,16 @@ class MetricLogger:
         now_ms = int(time.time() * 1000)
         self._buffer.extend(Metric(key, float(value), now_ms, step) for key, value in values.items())
 
+    def log_param(self, key: str, value: str) -> None:
+        """A param; as a tag when the run already holds another value (params are write-once, and
+        a run extended past its end logs its final state again)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.log_param(self._run_id, key, value)
+        except MlflowException:
+            self._client.set_tag(self._run_id, key, value)
+
     def flush(self) -> None:
         while self._buffer:
             chunk, self._buffer = (

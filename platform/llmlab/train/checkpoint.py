@@ -1,8 +1,9 @@
 """Checkpoints holding everything a run needs to continue exactly where it stopped.
 
 Rank 0 writes the model, optimizer and scheduler; every rank writes its own RNG state (dropout
-streams differ per rank). The data position needs no state of its own: the batch at step k is a
-function of the seed and k (see `llmlab.data.sampler`), so the step count is the position.
+streams differ per rank). Without a mixture the data position needs no state of its own: the
+batch at step k is a function of the seed and k (see `llmlab.data.sampler`), so the step count is
+the position. A mixture's draws depend on the weight history, so its state is saved too.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     step: int,
     rank: int = 0,
+    data_state: dict[str, Any] | None = None,
 ) -> None:
+    """`data_state`: where the data stream stands (a mixture's sampler and weights), kept as JSON
+    next to the weights (rank 0's: every rank holds the same)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -68,7 +72,7 @@ def save_checkpoint(
             },
             directory / STATE_FILE,
         )
-        (directory / META_FILE).write_text(json.dumps({"step": step}))
+        (directory / META_FILE).write_text(json.dumps({"step": step, "data": data_state}))
     torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
 
 
@@ -94,6 +98,11 @@ def load_checkpoint(
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=True))
     return int(state["step"])
+
+
+def load_data_state(directory: str | Path) -> dict[str, Any] | None:
+    """The `data_state` saved with a checkpoint (None for one saved without)."""
+    return json.loads((Path(directory) / META_FILE).read_text()).get("data")
 
 
 def load_model_state(directory: str | Path) -> dict[str, torch.Tensor]:

@@ -21,6 +21,8 @@ from llmlab.train.config import TrainConfig
 
 # Step index (0-based) → this rank's micro-batches of token rows, each (micro_batch, seq_len + 1).
 BatchFn = Callable[[int], Sequence[torch.Tensor]]
+# Step index → the group (e.g. data domain) of each row of those micro-batches, as int64 tensors.
+GroupFn = Callable[[int], Sequence[torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class StepMetrics:
     grad_norm: float  # global gradient norm before clipping
     tokens: int  # tokens in the global batch
     step_time_s: float
+    group_loss: tuple[float, ...] = ()  # mean loss per group over the global batch (NaN: no rows)
+    group_rows: tuple[int, ...] = ()  # rows per group in the global batch
 
     @property
     def tokens_per_s(self) -> float:
@@ -60,6 +64,14 @@ def next_token_loss(model: nn.Module, rows: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits_BLV.float().flatten(0, 1), targets_BL.flatten())
 
 
+def row_losses(model: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """Each row's mean next-token loss, (B,); their mean is `next_token_loss` (rows are equally long)."""
+    inputs_BL, targets_BL = rows[:, :-1], rows[:, 1:]
+    logits_BLV = model(inputs_BL)
+    losses_BL = F.cross_entropy(logits_BLV.float().flatten(0, 1), targets_BL.flatten(), reduction="none")
+    return losses_BL.view(targets_BL.shape).mean(dim=1)
+
+
 def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -70,8 +82,11 @@ def train(
     device: torch.device,
     start_step: int = 0,
     on_step: Callable[[StepMetrics], None] | None = None,
+    groups: GroupFn | None = None,
+    num_groups: int = 0,
 ) -> StepMetrics | None:
-    """Run optimizer steps start_step+1 … cfg.max_steps; return the last step's metrics."""
+    """Run optimizer steps start_step+1 … cfg.max_steps; return the last step's metrics. With
+    `groups` (one of `num_groups` ids per row), the metrics also hold each group's loss."""
     autocast_dtype = resolve_precision(cfg.precision, device)
     distributed = dist.is_available() and dist.is_initialized()
     max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
@@ -82,6 +97,8 @@ def train(
         lr = optimizer.param_groups[0]["lr"]
         micro_batches = batches(step - 1)
         loss_sum = torch.zeros((), device=device)
+        group_stats = torch.zeros(2, num_groups, device=device)  # summed row loss, rows
+        row_groups = groups(step - 1) if groups is not None else None
         tokens = 0
         for index, rows in enumerate(micro_batches):
             rows = rows.to(device, non_blocking=True)
@@ -91,7 +108,14 @@ def train(
             sync = contextlib.nullcontext() if is_last or not hasattr(model, "no_sync") else model.no_sync()
             with sync:
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    loss = next_token_loss(model, rows)
+                    if row_groups is None:
+                        loss = next_token_loss(model, rows)
+                    else:
+                        per_row = row_losses(model, rows)
+                        loss = per_row.mean()
+                        labels = row_groups[index].to(device)
+                        group_stats[0].index_add_(0, labels, per_row.detach())
+                        group_stats[1].index_add_(0, labels, torch.ones_like(per_row))
                 (loss / len(micro_batches)).backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
@@ -106,6 +130,9 @@ def train(
             dist.all_reduce(loss_mean, op=dist.ReduceOp.SUM)
             loss_mean /= dist.get_world_size()
             tokens *= dist.get_world_size()
+            if num_groups:
+                dist.all_reduce(group_stats, op=dist.ReduceOp.SUM)
+        group_sums, group_rows = group_stats.cpu().tolist() if num_groups else ([], [])
         last = StepMetrics(
             step=step,
             loss=float(loss_mean),
@@ -113,6 +140,8 @@ def train(
             grad_norm=float(grad_norm),
             tokens=tokens,
             step_time_s=time.perf_counter() - started,
+            group_loss=tuple(s / n if n else math.nan for s, n in zip(group_sums, group_rows, strict=True)),
+            group_rows=tuple(int(n) for n in group_rows),
         )
         if on_step is not None:
             on_step(last)

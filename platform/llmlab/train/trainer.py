@@ -7,6 +7,7 @@ stores checkpoints (reloading the latest when a run of the same name is started 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -24,9 +25,10 @@ from llmlab.data.shards import TokenShards
 from llmlab.model import build_model
 from llmlab.tracking.metrics import MetricLogger, system_metrics
 from llmlab.train.batches import rank_batches
-from llmlab.train.checkpoint import load_checkpoint, save_checkpoint
+from llmlab.train.checkpoint import load_checkpoint, load_data_state, save_checkpoint
 from llmlab.train.evaluate import OVERALL, evaluate, load_heldout
 from llmlab.train.loop import StepMetrics, train
+from llmlab.train.mixing import MixedBatches
 from llmlab.train.optim import build_optimizer, build_scheduler
 from llmlab.train.progress import format_progress
 
@@ -61,24 +63,45 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     optimizer = build_optimizer(model, exp.train)
     scheduler = build_scheduler(optimizer, exp.train)
     torch.manual_seed(exp.train.seed * 7919 + rank + 1)  # per-rank dropout stream
+    shards = TokenShards(spec.manifest_uri)
+    mixture = exp.data.mixture
+    if mixture is None:
+        sampler = GlobalBatchSampler(len(shards), exp.train.batch_size, exp.train.seed)
+        batches = rank_batches(shards, sampler, rank, world_size, exp.train.grad_accum)
+        mixed = None
+    else:
+        batches = mixed = MixedBatches(
+            shards,
+            mixture,
+            exp.data.domains,
+            {source.name: source.weight for source in exp.data.sources if source.weight is not None},
+            batch_size=exp.train.batch_size,
+            seed=exp.train.seed,
+            dp_rank=rank,
+            dp_size=world_size,
+            grad_accum=exp.train.grad_accum,
+        )
     start_step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             start_step = load_checkpoint(folder, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
+            data_state = load_data_state(folder)
+        if mixed is not None and data_state is not None:
+            mixed.load_state_dict(data_state)
         if rank == 0:
             print(f"[{spec.run_name}] resuming from the checkpoint at step {start_step}", flush=True)
     model = parallel.apply(model, exp.parallel.strategy, device)
 
-    shards = TokenShards(spec.manifest_uri)
-    sampler = GlobalBatchSampler(len(shards), exp.train.batch_size, exp.train.seed)
-    batches = rank_batches(shards, sampler, rank, world_size, exp.train.grad_accum)
     heldout = load_heldout(spec.heldout_manifests, exp.train.eval_sequences, rank, world_size)
     micro_batch = exp.train.batch_size // (world_size * exp.train.grad_accum)
     logger = MetricLogger(spec.tracking_uri, spec.run_id) if rank == 0 else None
 
     def on_step(metrics: StepMetrics) -> None:
         values = metrics.as_dict()
+        if mixed is not None:
+            values.update(mixed.metrics(metrics.group_loss))  # the weights this step drew with
+            mixed.observe(metrics.step, metrics.group_loss, metrics.group_rows)
         is_last = metrics.step == exp.train.max_steps
         is_eval = bool(heldout) and (metrics.step % exp.train.eval_every == 0 or is_last)
         if is_eval:
@@ -104,6 +127,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 scheduler=scheduler,
                 step=metrics.step,
                 rank=rank,
+                data_state=mixed.state_dict() if mixed is not None else None,
             )
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
@@ -129,9 +153,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             device=device,
             start_step=start_step,
             on_step=on_step,
+            groups=mixed.groups if mixed is not None else None,
+            num_groups=len(exp.data.domains) if mixed is not None else 0,
         )
     if logger is not None:
         logger.flush()
+        if mixed is not None:
+            final = {domain: round(float(w), 4) for domain, w in zip(mixed.domains, mixed.weights, strict=True)}
+            logger.log_param("data.mixture.final_weights", json.dumps(final))
 
 
 def fit(

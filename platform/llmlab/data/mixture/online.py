@@ -2,10 +2,12 @@
 
 Two update rules, each followed by smoothing toward uniform and a floor:
 
-- doremi (Xie et al., 2023): an exponentiated-gradient step on each domain's excess loss over a
-  reference, `log w += lr · max(loss - reference, 0)`, then softmax. The reference is a reference
-  model's loss per domain when given, else each domain's loss at the first update (so a domain
-  gains weight when its loss rises above where it started, relative to the others).
+- doremi (Xie et al., 2023): an exponentiated-gradient step on each domain's excess loss,
+  `log w += lr · excess`, then softmax. With a reference model's loss per domain (as in the paper)
+  the excess is `max(loss - reference, 0)`. Without one, each domain's loss at the first update is
+  the reference and the excess is relative progress, `loss / reference - min over domains of the
+  same`: while every loss falls, the domain that has improved least since then gains weight
+  (a clipped difference would stay 0 as soon as all losses fall below their start).
 - exp3 (Online Data Mixing, Albalak et al., 2023): each domain is a bandit arm whose reward is its
   loss, importance-weighted by the probability it was sampled with; weights are a softmax of the
   summed rewards scaled by the exploration rate eps_t = min(1/K, sqrt(ln K / (K t))), mixed with
@@ -55,7 +57,13 @@ class OnlineWeights:
                 self.reference = np.where(seen, losses, np.nan)
             fill = np.isnan(self.reference) & seen  # a domain first seen now: its reference is now
             self.reference[fill] = losses[fill]
-            excess = np.where(seen, np.maximum(losses - self.reference, 0.0), 0.0)
+            if self.cfg.reference_losses is not None:
+                excess = np.where(seen, np.maximum(losses - self.reference, 0.0), 0.0)
+            elif not seen.any():
+                excess = np.zeros(len(losses))
+            else:
+                progress = losses / np.maximum(self.reference, 1e-12)
+                excess = np.where(seen, progress - np.nanmin(np.where(seen, progress, np.nan)), 0.0)
             self.log_weights = self.log_weights + self.cfg.learning_rate * excess
             raw = _softmax(self.log_weights)
         else:
