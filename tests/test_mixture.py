@@ -211,3 +211,11 @@ def test_doremi_without_a_reference_model_favours_the_domain_that_improves_least
         weights = online.update(np.array([4.0 * 0.8**t, 3.0 * 0.8**t, 2.0 * 0.95**t]))
     assert weights[2] > 0.5 and weights[0] == pytest.approx(weights[1])
     assert online.update(np.full(3, np.nan)).sum() == pytest.approx(1.0)  # nothing sampled: no NaN
+
+
+def test_mixed_batches_name_the_exhausted_domain(tmp_path) -> None:
+    shards = _domain_shards(tmp_path, {"web": 40, "code": 30, "books": 6})
+    mixed = _mixed(shards, MixtureConfig(exhausted="stop"))  # uniform: 4 books rows per batch of 12
+    mixed(0)
+    with pytest.raises(DomainExhausted, match="domain books ran out of its 6 training sequences at step 2"):
+        mixed(1)

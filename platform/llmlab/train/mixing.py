@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmlab.data.mixture import MixtureConfig, MixtureSampler, OnlineWeights, Schedule, initial_weights
+from llmlab.data.mixture import (
+    DomainExhausted,
+    MixtureConfig,
+    MixtureSampler,
+    OnlineWeights,
+    Schedule,
+    initial_weights,
+)
 from llmlab.data.shards import TokenShards
 
 
@@ -58,7 +65,15 @@ class MixedBatches:
 
     def __call__(self, step_index: int) -> Sequence[torch.Tensor]:
         self.weights = self.weights_at(step_index)
-        domains, local = self.sampler.draw(step_index, self.weights)
+        try:
+            domains, local = self.sampler.draw(step_index, self.weights)
+        except DomainExhausted as err:
+            name = self.domains[err.domain]
+            raise DomainExhausted(
+                f"domain {name} ran out of its {len(self.rows[err.domain])} training sequences at step "
+                f"{step_index + 1} (data.mixture.exhausted: stop)",
+                err.domain,
+            ) from None
         rows = np.empty(len(domains), dtype=np.int64)
         for domain in np.unique(domains):
             rows[domains == domain] = self.rows[domain][local[domains == domain]]

@@ -20,6 +20,7 @@ import torch
 
 from llmlab import parallel
 from llmlab.config import ExperimentConfig
+from llmlab.data.mixture import DomainExhausted
 from llmlab.data.sampler import GlobalBatchSampler
 from llmlab.data.shards import TokenShards
 from llmlab.model import build_model
@@ -144,18 +145,22 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         else contextlib.nullcontext()
     )
     with monitor:
-        train(
-            model,
-            optimizer,
-            scheduler,
-            batches,
-            exp.train,
-            device=device,
-            start_step=start_step,
-            on_step=on_step,
-            groups=mixed.groups if mixed is not None else None,
-            num_groups=len(exp.data.domains) if mixed is not None else 0,
-        )
+        try:
+            train(
+                model,
+                optimizer,
+                scheduler,
+                batches,
+                exp.train,
+                device=device,
+                start_step=start_step,
+                on_step=on_step,
+                groups=mixed.groups if mixed is not None else None,
+                num_groups=len(exp.data.domains) if mixed is not None else 0,
+            )
+        except DomainExhausted as err:  # every rank draws the same batches: all stop at this step
+            if rank == 0:
+                print(f"[{spec.run_name}] stopping early: {err}", flush=True)
     if logger is not None:
         logger.flush()
         if mixed is not None:

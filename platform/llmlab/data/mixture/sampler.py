@@ -21,6 +21,10 @@ import numpy as np
 class DomainExhausted(RuntimeError):
     """A domain ran out of sequences and `exhausted: stop` was set."""
 
+    def __init__(self, message: str, domain: int) -> None:
+        super().__init__(message)
+        self.domain = domain
+
 
 class MixtureSampler:
     def __init__(self, domain_sizes: list[int], global_batch_size: int, seed: int, repeat: bool = True) -> None:
@@ -72,7 +76,7 @@ class MixtureSampler:
     def _take(self, domain: int, count: int) -> np.ndarray:
         start, size = int(self.cursors[domain]), int(self.sizes[domain])
         if not self.repeat and start + count > size:
-            raise DomainExhausted(f"domain {domain} ran out of sequences after {size} (exhausted: stop)")
+            raise DomainExhausted(f"domain {domain} ran out of sequences after {size} (exhausted: stop)", domain)
         positions = np.arange(start, start + count)
         out = np.empty(count, dtype=np.int64)
         for epoch in np.unique(positions // size):
