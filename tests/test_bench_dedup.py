@@ -19,3 +19,19 @@ def test_quality_meets_the_target_at_a_small_size(ray_session) -> None:
     assert q.recall >= 0.9
     assert q.f1 >= 0.95
     assert q.found_pairs <= q.true_pairs
+
+
+def test_bench_runs_end_to_end_and_ends_with_a_result_line(ray_session, monkeypatch) -> None:
+    """At a tiny size (the numbers mean nothing here): every figure is computed and printed."""
+    from llmlab.bench import dedup
+    from llmlab.bench.dedup import run_bench
+
+    monkeypatch.setattr(dedup, "TIMED_RUNS", 1)  # best of one: the path, not the timing, is tested
+    result = run_bench(400, threshold=0.8, quality_docs=200, datasketch_docs=40, update_docs=20)
+    lines = result.format().splitlines()
+    assert lines[-1].startswith("RESULT ")
+    figures = dict(item.split("=") for item in lines[-1].split()[1:])
+    assert set(figures) == {"f1", "recall", "precision", "speedup", "speedup_update", "scaling"}
+    assert all(float(value) > 0 for value in figures.values())
+    assert result.llmlab_seconds > 0 and result.llmlab_seconds_cold > 0 and result.datasketch_docs_per_second > 0
+    assert set(result.stage_seconds) == {"signatures", "lsh", "verify", "clusters", "output"}
