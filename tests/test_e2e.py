@@ -186,6 +186,32 @@ def _check_mixture_metrics(client: MlflowClient, run_id: str, domains: list[str]
     assert set(final) == set(domains) and sum(final.values()) == pytest.approx(1.0, abs=1e-3)
 
 
+def test_a_mixture_that_runs_out_of_a_domain_stops_cleanly(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """`exhausted: stop`: the run ends at the step a domain runs out, says which, and finishes."""
+    experiment = tmp_path / "stop.yaml"
+    experiment.write_text(
+        """
+data: {seq_len: 32, vocab_size: 512, demo_docs_per_domain: 150,
+       mixture: {weights: {python_docs: 1, package_docs: 1}, exhausted: stop}}
+model: {d_model: 32, n_layers: 2, n_heads: 2}
+train: {num_workers: 1, max_steps: 2000, batch_size: 8, warmup_steps: 5, log_every: 100, checkpoint_every: 500}
+tracking: {experiment: stop, run_name: stop, system_metrics: false}
+"""
+    )
+    result = llmlab(tmp_path, "run", str(experiment), env=cli_env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    stopped = re.search(r"stopping early: domain (\w+) ran out of its (\d+) training sequences at step (\d+)", output)
+    assert stopped is not None, output[-3000:]
+    domain, sequences, step = stopped.group(1), int(stopped.group(2)), int(stopped.group(3))
+    assert step - 1 == sequences // 4  # 4 of the batch's 8 slots per domain: it lasts this many steps
+    client = store_client(tmp_path)
+    run = only_run(client, "stop", "stop")
+    assert run.info.status == "FINISHED"
+    assert max(loss_by_step(client, run.info.run_id)) == step - 1
+    assert domain in json.loads(run.data.params["data.mixture.final_weights"])
+
+
 def test_unreachable_tracking_store_stops_before_compute(tmp_path: Path) -> None:
     started = time.monotonic()
     result = llmlab(tmp_path, "run", str(QUICKSTART), "tracking.uri=http://127.0.0.1:9")

@@ -98,12 +98,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     micro_batch = exp.train.batch_size // (world_size * exp.train.grad_accum)
     logger = MetricLogger(spec.tracking_uri, spec.run_id) if rank == 0 else None
 
-    def on_step(metrics: StepMetrics) -> None:
-        values = metrics.as_dict()
-        if mixed is not None:
+    completed: list[StepMetrics] = []  # the last finished step, for a run that stops early
+
+    def on_step(metrics: StepMetrics, stopped_early: bool = False) -> None:
+        values = {} if stopped_early else metrics.as_dict()  # an early stop re-visits a logged step
+        if mixed is not None and not stopped_early:
             values.update(mixed.metrics(metrics.group_loss))  # the weights this step drew with
             mixed.observe(metrics.step, metrics.group_loss, metrics.group_rows)
-        is_last = metrics.step == exp.train.max_steps
+        completed[:] = [metrics]
+        is_last = metrics.step == exp.train.max_steps or stopped_early
         is_eval = bool(heldout) and (metrics.step % exp.train.eval_every == 0 or is_last)
         if is_eval:
             values.update(evaluate(model, heldout, micro_batch, device, exp.train.precision))
@@ -115,7 +118,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if logger is not None:
             logger.flush()
             print(format_progress(spec.run_name, metrics, exp.train.max_steps, values.get(OVERALL)), flush=True)
-        report = {**values, "step": metrics.step}
+        report = {**metrics.as_dict(), **values, "step": metrics.step}
         if not is_checkpoint:
             ray.train.report(report)
             return
@@ -161,6 +164,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         except DomainExhausted as err:  # every rank draws the same batches: all stop at this step
             if rank == 0:
                 print(f"[{spec.run_name}] stopping early: {err}", flush=True)
+            if completed:  # the last finished step ends the run: evaluated and checkpointed
+                on_step(completed[0], stopped_early=True)
     if logger is not None:
         logger.flush()
         if mixed is not None:
