@@ -180,8 +180,7 @@ def prepare_token_shards(
     if splits.heldout is not None:
         for domain in sorted(splits.heldout.unique("domain")):
             folder = f"{HELDOUT_FOLDER}/{domain}"
-            docs = splits.heldout.map_batches(_of_domain, fn_kwargs={"domain": domain}, batch_format="pyarrow")
-            part = writer.write(_ordered_texts(docs), join(out_dir, folder))
+            part = writer.write(_domain_texts(splits.heldout, domain), join(out_dir, folder))
             if part.num_sequences > 0:  # fewer than seq_len+1 held-out tokens: no held-out loss for it
                 part.save(join(join(out_dir, folder), MANIFEST_NAME))
                 heldout[domain] = folder
@@ -203,8 +202,7 @@ def _write_by_domain(writer: _ShardWriter, train: ray.data.Dataset, domains: lis
     draw by domain), listed in one manifest in `domains` order."""
     parts = []
     for domain in domains:
-        docs = train.map_batches(_of_domain, fn_kwargs={"domain": domain}, batch_format="pyarrow")
-        part = writer.write(_ordered_texts(docs), out_dir)
+        part = writer.write(_domain_texts(train, domain), out_dir)
         for shard in part.shards:
             shard.domain = domain
             shard.first_doc += sum(p.num_docs for p in parts)
@@ -232,6 +230,11 @@ def _ordered_texts(ds: ray.data.Dataset) -> ray.data.Dataset:
     # context is a private copy, so this does not change the caller's global DataContext.
     ds.context.execution_options.preserve_order = True
     return ds
+
+
+def _domain_texts(ds: ray.data.Dataset, domain: str) -> ray.data.Dataset:
+    """The texts of one domain's documents, in order (one pass over `ds` per domain)."""
+    return _ordered_texts(ds.map_batches(_of_domain, fn_kwargs={"domain": domain}, batch_format="pyarrow"))
 
 
 def _of_domain(batch: pa.Table, domain: str) -> pa.Table:
