@@ -317,7 +317,8 @@ def test_hf_config_round_trips_model_config() -> None:
     [
         ({"d_model": 66, "n_heads": 4}, "divisible by model.n_heads"),
         ({"n_heads": 4, "n_kv_heads": 3}, "n_kv_heads"),
-        ({"d_model": 12, "n_heads": 4}, "even head dimension"),
+        ({"d_model": 12, "n_heads": 4}, "must be an even number"),
+        ({"d_model": 64, "n_heads": 4, "rope_fraction": 0.3}, "must be an even number"),
         ({"dropout": 1.0}, "less than 1"),
         ({"vocab_size": 0}, "greater than 0"),
         ({"norm": "batchnorm"}, "norm"),

@@ -12,22 +12,42 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-AttentionBackendName = Literal["reference", "sdpa", "flash_attn"]
+AttentionBackendName = Literal["reference", "sdpa", "sdpa_flash", "sdpa_cudnn", "flex", "flash_attn"]
+# Kept in step with llmlab.model.masks.LAYER_KINDS (this module stays free of torch).
+LayerKindName = Literal["dense", "local", "strided", "local_strided"]
 
 
 class AttentionConfig(BaseModel):
-    """Which kernel computes attention. Every backend computes the same function."""
+    """Which kernel computes attention, and which positions each layer attends to.
+
+    Every backend computes the same function; one that cannot compute the requested pattern
+    refuses when the model is built.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     backend: AttentionBackendName = Field(
         default="sdpa",
         description=(
-            "reference: explicit softmax(QK^T/sqrt(d)) with a causal mask (slow; for tests); "
-            "sdpa: torch scaled_dot_product_attention; "
-            "flash_attn: the flash-attn package (CUDA only, fp16/bf16)."
+            "reference: explicit scores and mask, softmax in fp32 (slow; for tests); "
+            "sdpa: torch scaled_dot_product_attention, torch picks the kernel; "
+            "sdpa_flash / sdpa_cudnn: SDPA pinned to its FlashAttention-2 / cuDNN kernel (dense only); "
+            "flex: FlexAttention block masks (compiled on CUDA; forward only on CPU); "
+            "flash_attn: the flash-attn package (CUDA only, fp16/bf16; dense and local layers)."
         ),
     )
+    pattern: list[LayerKindName] = Field(
+        default_factory=lambda: ["dense"],
+        min_length=1,
+        description=(
+            "Layer kinds repeated over depth, e.g. [dense, local] alternates them as GPT-3 does. "
+            "dense: all (earlier) positions; local: a sliding window of `window` positions; "
+            "strided: positions a multiple of `stride` away; local_strided: their union "
+            "(the Sparse Transformer's strided pattern)."
+        ),
+    )
+    window: int = Field(default=128, gt=0, description="Keys a local layer sees: the query's and window-1 before it.")
+    stride: int = Field(default=64, gt=0, description="Distance between the keys a strided layer sees.")
 
 
 class ModelConfig(BaseModel):
@@ -61,15 +81,29 @@ class ModelConfig(BaseModel):
         gt=0,
         description="Longest sequence accepted; also the size of a learned position table.",
     )
-    norm: Literal["layernorm", "rmsnorm"] = Field(
-        default="rmsnorm", description="Normalisation applied before each sub-layer and at the end."
+    norm: Literal["layernorm", "rmsnorm"] = Field(default="rmsnorm", description="Normalisation of the sub-layers.")
+    norm_placement: Literal["pre", "post"] = Field(
+        default="pre",
+        description=(
+            "pre: x + f(norm(x)) with a final norm (GPT-2, Llama); "
+            "post: norm(x + f(x)) after each sub-layer (the original Transformer, BERT)."
+        ),
     )
     norm_eps: float = Field(default=1e-5, gt=0, description="Epsilon of the norms.")
-    position: Literal["rope", "learned"] = Field(
+    position: Literal["rope", "learned", "none"] = Field(
         default="rope",
-        description="rope: rotary embeddings on q and k; learned: a GPT-2 style position table.",
+        description=(
+            "rope: rotary embeddings on q and k; learned: a GPT-2 style position table; "
+            "none: no position signal (causal masking alone orders the tokens)."
+        ),
     )
     rope_theta: float = Field(default=10000.0, gt=0, description="Base of the rotary frequencies.")
+    rope_fraction: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Share of each head's dimensions that rotate (GPT-NeoX's partial rotary); the rest pass through.",
+    )
     mlp: Literal["gelu", "swiglu"] = Field(
         default="swiglu", description="gelu: up/down MLP; swiglu: gated MLP as in Llama."
     )
@@ -99,12 +133,19 @@ class ModelConfig(BaseModel):
                 f"model.n_heads={self.n_heads} must be divisible by model.n_kv_heads="
                 f"{self.n_kv_heads} (each key/value head serves a whole group of query heads)"
             )
-        if self.position == "rope" and self.head_dim % 2 != 0:
+        rotated = self.head_dim * self.rope_fraction
+        if self.position == "rope" and (rotated < 2 or rotated != self.rotary_dim):
             raise ValueError(
-                f"model.position=rope needs an even head dimension, got d_model/n_heads="
-                f"{self.head_dim}; change d_model or n_heads, or use position=learned"
+                f"model.position=rope rotates dimensions in pairs, so head_dim * rope_fraction must be an "
+                f"even number, got {self.head_dim} * {self.rope_fraction}; change d_model, n_heads or "
+                "rope_fraction, or use position=learned"
             )
         return self
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dimensions per head that RoPE rotates (the validator makes the product even)."""
+        return 2 * round(self.head_dim * self.rope_fraction / 2)
 
     @property
     def head_dim(self) -> int:

@@ -8,7 +8,7 @@ tensor-parallel shard computes on its local heads unchanged.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,10 @@ from torch import nn
 
 from llmlab.model.attention import build_attention_backend
 from llmlab.model.config import ModelConfig
+from llmlab.model.masks import AttentionContext, AttentionPattern
+
+# cos and sin of the rotary angles, [B, L, rotary_dim] each; None without RoPE.
+Rope = tuple[torch.Tensor, torch.Tensor] | None
 
 # (module, std): which leaf module gets which init std. Kept as data so the plain model and
 # the Hugging Face wrapper (which re-initialises only weights missing from a checkpoint) share it.
@@ -41,15 +45,15 @@ def init_module_(module: nn.Module, std: float) -> None:
 # --- rotary position embeddings -------------------------------------------------------------
 
 
-def rope_cos_sin(position_ids_BL: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape [B, L, head_dim] in float32, Llama's layout (frequencies repeated).
+def rope_cos_sin(position_ids_BL: torch.Tensor, rotary_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape [B, L, rotary_dim] in float32, Llama's layout (frequencies repeated).
 
     Computed from position ids on every forward instead of cached in a buffer: it is tiny next
     to attention, and a model without buffers loads from meta device and shards without special
-    cases.
+    cases. With partial rotary (GPT-NeoX), the frequencies span rotary_dim, not the head.
     """
-    exponent_D2 = torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids_BL.device)
-    inv_freq_D2 = 1.0 / (theta ** (exponent_D2.float() / head_dim))
+    exponent_D2 = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=position_ids_BL.device)
+    inv_freq_D2 = 1.0 / (theta ** (exponent_D2.float() / rotary_dim))
     freqs_BLD2 = position_ids_BL.float()[..., None] * inv_freq_D2
     angles_BLD = torch.cat((freqs_BLD2, freqs_BLD2), dim=-1)
     return angles_BLD.cos(), angles_BLD.sin()
@@ -62,12 +66,16 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rope(x_BLHD: torch.Tensor, cos_BLD: torch.Tensor, sin_BLD: torch.Tensor) -> torch.Tensor:
-    """Rotate q or k; the arithmetic runs in float32 so bf16 positions stay precise."""
-    x32_BLHD = x_BLHD.float()
-    cos_BL1D, sin_BL1D = cos_BLD.unsqueeze(2), sin_BLD.unsqueeze(2)
-    out_BLHD = x32_BLHD * cos_BL1D + _rotate_half(x32_BLHD) * sin_BL1D
-    return out_BLHD.to(x_BLHD.dtype)
+def apply_rope(x_BLHD: torch.Tensor, cos_BLR: torch.Tensor, sin_BLR: torch.Tensor) -> torch.Tensor:
+    """Rotate the first R dimensions of each head of q or k (R = cos's width); the rest pass
+    through. The arithmetic runs in float32 so bf16 positions stay precise."""
+    rotary_dim = cos_BLR.shape[-1]
+    x32_BLHR = x_BLHD[..., :rotary_dim].float()
+    cos_BL1R, sin_BL1R = cos_BLR.unsqueeze(2), sin_BLR.unsqueeze(2)
+    rotated_BLHR = (x32_BLHR * cos_BL1R + _rotate_half(x32_BLHR) * sin_BL1R).to(x_BLHD.dtype)
+    if rotary_dim == x_BLHD.shape[-1]:
+        return rotated_BLHR
+    return torch.cat((rotated_BLHR, x_BLHD[..., rotary_dim:]), dim=-1)
 
 
 # --- sub-layers ------------------------------------------------------------------------------
@@ -79,13 +87,26 @@ def build_norm(config: ModelConfig) -> nn.Module:
     return nn.RMSNorm(config.d_model, eps=config.norm_eps)
 
 
-class Attention(nn.Module):
-    """Multi-head (or grouped-query) causal self-attention with separate q/k/v/o projections.
+def layer_pattern(config: ModelConfig, layer_index: int, causal: bool = True) -> AttentionPattern:
+    """The attention pattern of layer `layer_index`: config.attention.pattern repeated over depth."""
+    kinds = config.attention.pattern
+    return AttentionPattern(
+        causal=causal,
+        kind=kinds[layer_index % len(kinds)],
+        window=config.attention.window,
+        stride=config.attention.stride,
+    )
 
-    Separate projections, not a fused qkv, because tensor parallelism and LoRA target them by name.
+
+class Attention(nn.Module):
+    """Multi-head (or grouped-query) attention with separate q/k/v/o projections.
+
+    Self-attention by default; given `memory_BSD` (an encoder's output) it is cross-attention, with
+    keys and values from the memory and no rotary positions. Separate projections, not a fused
+    qkv, because tensor parallelism and LoRA target them by name.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, pattern: AttentionPattern | None = None) -> None:
         super().__init__()
         self.head_dim = config.head_dim
         q_width, kv_width = config.n_heads * config.head_dim, config.kv_heads * config.head_dim
@@ -93,7 +114,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.d_model, kv_width, bias=config.bias)
         self.v_proj = nn.Linear(config.d_model, kv_width, bias=config.bias)
         self.o_proj = nn.Linear(q_width, config.d_model, bias=config.bias)
-        self.inner_attention = build_attention_backend(config.attention)
+        self.inner_attention = build_attention_backend(config.attention, pattern)
 
     def init_plan(self, std: float, out_std: float) -> InitPlan:
         yield from ((m, std) for m in (self.q_proj, self.k_proj, self.v_proj))
@@ -102,17 +123,19 @@ class Attention(nn.Module):
     def forward(
         self,
         x_BLD: torch.Tensor,
-        cos_BLD: torch.Tensor | None = None,
-        sin_BLD: torch.Tensor | None = None,
+        rope: Rope = None,
+        context: AttentionContext | None = None,
+        memory_BSD: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, L, _ = x_BLD.shape
+        kv_source_BSD = x_BLD if memory_BSD is None else memory_BSD
         q_BLHD = self.q_proj(x_BLD).view(B, L, -1, self.head_dim)
-        k_BLKD = self.k_proj(x_BLD).view(B, L, -1, self.head_dim)
-        v_BLKD = self.v_proj(x_BLD).view(B, L, -1, self.head_dim)
-        if cos_BLD is not None and sin_BLD is not None:
-            q_BLHD = apply_rope(q_BLHD, cos_BLD, sin_BLD)
-            k_BLKD = apply_rope(k_BLKD, cos_BLD, sin_BLD)
-        o_BLHD = self.inner_attention(q_BLHD, k_BLKD, v_BLKD)
+        k_BSKD = self.k_proj(kv_source_BSD).view(B, kv_source_BSD.shape[1], -1, self.head_dim)
+        v_BSKD = self.v_proj(kv_source_BSD).view(B, kv_source_BSD.shape[1], -1, self.head_dim)
+        if rope is not None and memory_BSD is None:
+            q_BLHD = apply_rope(q_BLHD, *rope)
+            k_BSKD = apply_rope(k_BSKD, *rope)
+        o_BLHD = self.inner_attention(q_BLHD, k_BSKD, v_BSKD, context or AttentionContext())
         return self.o_proj(o_BLHD.reshape(B, L, -1))
 
 
@@ -150,16 +173,34 @@ class GeluMLP(nn.Module):
         return self.down_proj(F.gelu(self.up_proj(x_BLD)))
 
 
-class Block(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+def build_mlp(config: ModelConfig) -> nn.Module:
+    return SwiGLU(config) if config.mlp == "swiglu" else GeluMLP(config)
 
-    def __init__(self, config: ModelConfig) -> None:
+
+def residual(
+    x_BLD: torch.Tensor,
+    norm: nn.Module,
+    sublayer: Callable[[torch.Tensor], torch.Tensor],
+    dropout: nn.Module,
+    pre_norm: bool,
+) -> torch.Tensor:
+    """One sub-layer with its residual: pre-norm x + f(norm(x)), or post-norm norm(x + f(x))."""
+    if pre_norm:
+        return x_BLD + dropout(sublayer(norm(x_BLD)))
+    return norm(x_BLD + dropout(sublayer(x_BLD)))
+
+
+class Block(nn.Module):
+    """Self-attention then MLP, each with its norm and residual (see `residual`)."""
+
+    def __init__(self, config: ModelConfig, pattern: AttentionPattern | None = None) -> None:
         super().__init__()
         self.attn_norm = build_norm(config)
-        self.attn = Attention(config)
+        self.attn = Attention(config, pattern)
         self.mlp_norm = build_norm(config)
-        self.mlp = SwiGLU(config) if config.mlp == "swiglu" else GeluMLP(config)
+        self.mlp = build_mlp(config)
         self.dropout = nn.Dropout(config.dropout)
+        self.pre_norm = config.norm_placement == "pre"
 
     def init_plan(self, std: float, out_std: float) -> InitPlan:
         yield self.attn_norm, std
@@ -167,14 +208,9 @@ class Block(nn.Module):
         yield self.mlp_norm, std
         yield from self.mlp.init_plan(std, out_std)
 
-    def forward(
-        self,
-        x_BLD: torch.Tensor,
-        cos_BLD: torch.Tensor | None = None,
-        sin_BLD: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        x_BLD = x_BLD + self.dropout(self.attn(self.attn_norm(x_BLD), cos_BLD, sin_BLD))
-        return x_BLD + self.dropout(self.mlp(self.mlp_norm(x_BLD)))
+    def forward(self, x_BLD: torch.Tensor, rope: Rope = None, context: AttentionContext | None = None) -> torch.Tensor:
+        x_BLD = residual(x_BLD, self.attn_norm, lambda h: self.attn(h, rope, context), self.dropout, self.pre_norm)
+        return residual(x_BLD, self.mlp_norm, self.mlp, self.dropout, self.pre_norm)
 
 
 def residual_out_std(config: ModelConfig) -> float:

@@ -9,15 +9,18 @@ from llmlab.model.config import ModelConfig
 from llmlab.model.layers import (
     Block,
     InitPlan,
+    Rope,
     build_norm,
     init_module_,
+    layer_pattern,
     residual_out_std,
     rope_cos_sin,
 )
+from llmlab.model.masks import AttentionContext, positions_from_documents
 
 
 class Transformer(nn.Module):
-    """Pre-norm decoder-only language model returning logits [B, L, V] in the compute dtype.
+    """Decoder-only language model returning logits [B, L, V] in the compute dtype.
 
     Attribute names are an interface: `embed_tokens` is defined before the vocab-sized `lm_head`
     (PEFT takes the first vocab-sized parameter as the word embeddings), and the projections are
@@ -38,8 +41,9 @@ class Transformer(nn.Module):
             nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
         )
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.norm = build_norm(config)
+        self.layers = nn.ModuleList(Block(config, layer_pattern(config, index)) for index in range(config.n_layers))
+        # Post-norm blocks end normalised already; a final norm is part of pre-norm only.
+        self.norm = build_norm(config) if config.norm_placement == "pre" else nn.Identity()
         # No bias on the head even when config.bias: a tied head shares only the matrix.
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -54,7 +58,8 @@ class Transformer(nn.Module):
             yield self.embed_positions, std
         for layer in self.layers:
             yield from layer.init_plan(std, out_std)
-        yield self.norm, std
+        if not isinstance(self.norm, nn.Identity):
+            yield self.norm, std
         if not self.config.tie_embeddings:
             yield self.lm_head, std
 
@@ -69,29 +74,22 @@ class Transformer(nn.Module):
         input_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, L, V] for input_ids [B, L] (or inputs_embeds [B, L, D] in their place).
 
-        position_ids [B, L] or [L] default to 0..L-1; they drive RoPE or the learned table.
+        document_ids [B, L] mark packed documents (unpadding): attention stays inside each, and
+        positions restart at 0 at each document's start. position_ids [B, L] or [L] otherwise
+        default to 0..L-1; they drive RoPE or the learned table.
         """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        x_BLD = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        seq_len = x_BLD.shape[1]
-        if seq_len > self.config.max_seq_len:
-            raise ValueError(f"sequence length {seq_len} exceeds model.max_seq_len={self.config.max_seq_len}")
-        if position_ids is None:
-            position_ids = torch.arange(seq_len, device=x_BLD.device)
-        position_ids_BL = position_ids if position_ids.dim() == 2 else position_ids.unsqueeze(0)
-
-        cos_BLD = sin_BLD = None
-        if self.embed_positions is not None:
-            x_BLD = x_BLD + self.embed_positions(position_ids_BL)
-        else:
-            cos_BLD, sin_BLD = rope_cos_sin(position_ids_BL, self.config.head_dim, self.config.rope_theta)
+        x_BLD = embed(self, input_ids, inputs_embeds)
+        if position_ids is None and document_ids is not None:
+            position_ids = positions_from_documents(document_ids)
+        x_BLD, rope = add_positions(self, x_BLD, position_ids)
+        context = AttentionContext.for_documents(document_ids)
         x_BLD = self.dropout(x_BLD)
         for layer in self.layers:
-            x_BLD = layer(x_BLD, cos_BLD, sin_BLD)
+            x_BLD = layer(x_BLD, rope, context)
         return self.lm_head(self.norm(x_BLD))
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
@@ -105,6 +103,34 @@ class Transformer(nn.Module):
                     for p in module.parameters():
                         params.pop(id(p), None)
         return sum(p.numel() for p in params.values())
+
+
+def embed(model: nn.Module, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+    """Token embeddings [B, L, D] of input_ids, or inputs_embeds as given (P-tuning passes them)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    x_BLD = model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+    if x_BLD.shape[1] > model.config.max_seq_len:
+        raise ValueError(f"sequence length {x_BLD.shape[1]} exceeds model.max_seq_len={model.config.max_seq_len}")
+    return x_BLD
+
+
+def add_positions(
+    model: nn.Module, x_BLD: torch.Tensor, position_ids: torch.Tensor | None
+) -> tuple[torch.Tensor, Rope]:
+    """The embeddings with the learned position table added, and the RoPE angles (or None).
+
+    position_ids [B, L] or [L] default to 0..L-1.
+    """
+    config = model.config
+    if position_ids is None:
+        position_ids = torch.arange(x_BLD.shape[1], device=x_BLD.device)
+    position_ids_BL = position_ids if position_ids.dim() == 2 else position_ids.unsqueeze(0)
+    if config.position == "learned":
+        return x_BLD + model.embed_positions(position_ids_BL), None
+    if config.position == "rope":
+        return x_BLD, rope_cos_sin(position_ids_BL, config.rotary_dim, config.rope_theta)
+    return x_BLD, None
 
 
 def build_model(config: ModelConfig, vocab_size: int | None = None) -> Transformer:
