@@ -77,6 +77,28 @@ def _parser() -> argparse.ArgumentParser:
     bench_dedup.add_argument("--docs", type=int, default=100_000)
     bench_dedup.add_argument("--threshold", type=float, default=0.8)
     bench_dedup.set_defaults(handler=_bench_dedup)
+    from llmlab.bench.arguments import add_attention_arguments, add_unpadding_arguments
+
+    bench_model = bench_commands.add_parser(
+        "model",
+        help="training tokens/s of our Transformer vs Hugging Face Llama of the same shape (CPU, or --device cuda)",
+    )
+    # The module's top level is standard library only, so building this parser imports no torch.
+    from llmlab.bench.model import add_arguments
+
+    add_arguments(bench_model)
+    bench_model.set_defaults(handler=_bench_model)
+    bench_unpadding = bench_commands.add_parser(
+        "unpadding", help="training tokens/s of packed, document-masked rows vs padded rows (same documents)"
+    )
+    add_unpadding_arguments(bench_unpadding)
+    bench_unpadding.set_defaults(handler=_bench_unpadding)
+    bench_attention = bench_commands.add_parser(
+        "attention",
+        help="forward+backward time and memory of each attention backend vs the reference, 1k-8k tokens",
+    )
+    add_attention_arguments(bench_attention)
+    bench_attention.set_defaults(handler=_bench_attention)
 
     ui = commands.add_parser("ui", help="the MLflow UI over the local store, on 127.0.0.1")
     ui.add_argument("--uri", help="tracking store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
@@ -262,6 +284,40 @@ def _bench_dedup(args: argparse.Namespace) -> int:
         raise UserError(f"--threshold: must be in (0, 1] (got {args.threshold})")
     _connect_data_ray()
     print(run_bench(args.docs, args.threshold).format())
+    return 0
+
+
+def _bench_model(args: argparse.Namespace) -> int:
+    # No Ray and no MLflow: the bench runs on a bare GPU machine with torch and transformers only.
+    from llmlab.bench.model import config_from_args, run_bench
+
+    try:
+        cfg = config_from_args(args)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    print(run_bench(cfg).format(), flush=True)
+    return 0
+
+
+def _bench_unpadding(args: argparse.Namespace) -> int:
+    from llmlab.bench.unpadding import config_from_args, run_bench
+
+    try:
+        cfg = config_from_args(args)
+    except ValueError as err:
+        raise UserError(f"bench unpadding: {err}") from None
+    run_bench(cfg)
+    return 0
+
+
+def _bench_attention(args: argparse.Namespace) -> int:
+    from llmlab.bench.attention import config_from_args, run_bench
+
+    try:
+        cfg = config_from_args(args)
+    except ValueError as err:
+        raise UserError(f"bench attention: {err}") from None
+    run_bench(cfg)
     return 0
 
 

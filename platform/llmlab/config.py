@@ -82,10 +82,18 @@ class ExperimentConfig(_Section):
     @model_validator(mode="after")
     def _sections_agree(self) -> ExperimentConfig:
         # Messages start with the dotted key they concern; _first_error turns that into the path.
-        if self.model.position == "learned" and self.data.seq_len > self.model.max_seq_len:
+        if self.data.seq_len > self.model.max_seq_len:
             raise ValueError(
-                f"data.seq_len: exceeds model.max_seq_len ({self.model.max_seq_len}), the size of "
-                f"the learned position table (got {self.data.seq_len})"
+                f"data.seq_len: exceeds model.max_seq_len ({self.model.max_seq_len}), the longest sequence "
+                f"the model accepts (got {self.data.seq_len}); raise model.max_seq_len"
+            )
+        if self.model.architecture != "decoder":
+            # Encoders and encoder-decoders train on corrupted inputs (MLM, NSP, infilling, ...),
+            # which objective.type does not offer yet; clm trains decoders only.
+            raise ValueError(
+                f"model.architecture: {self.model.architecture} needs an encoder objective (MLM, NSP, "
+                f"infilling), and objective.type={self.objective.type} trains decoders only; use "
+                "architecture=decoder"
             )
         try:
             self.train.check_batch_layout(dp_size=self.train.num_workers)

@@ -25,7 +25,7 @@ from llmlab.data.demo import DOMAINS as DEMO_DOMAINS
 from llmlab.data.pipeline import DocumentSplits, heldout_manifests, load_splits, prepare_token_shards
 from llmlab.data.shards import Manifest
 from llmlab.data.sources import expand_paths
-from llmlab.data.tokenizer import load_tokenizer
+from llmlab.data.tokenizer import eos_id, load_tokenizer, pad_id
 from llmlab.tracking.runs import log_params, log_report, marks_failure, open_run
 from llmlab.tracking.store import TrackingStore, check_reachable, resolve_store
 from llmlab.train.checkpoint import load_model_state
@@ -237,6 +237,8 @@ def _train_and_log(
         run_id=run_id,
         run_name=run_name,
         heldout_manifests=heldout,
+        separator_id=eos_id(tokenizer),
+        pad_id=pad_id(tokenizer),
     )
     result = fit(exp, spec, storage, use_gpu, callbacks=train_callbacks)
     if result.checkpoint is None:

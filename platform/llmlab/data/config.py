@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -79,6 +80,15 @@ class DataConfig(BaseModel):
         default_factory=DedupConfig, description="Exact and near-duplicate removal (training documents only)."
     )
     seq_len: int = Field(default=128, gt=0, description="Tokens per training sequence.")
+    packing: Literal["concat", "documents", "padded"] = Field(
+        default="concat",
+        description=(
+            "concat: documents end to end with EOS, attending across documents (GPT-2/3); "
+            "documents: the same rows unpadded, each document attending only to itself with positions "
+            "from 0 (flash-attn varlen, FlexAttention document masks or block-diagonal masks); "
+            "padded: one document per row filled with PAD (the baseline unpadding removes)."
+        ),
+    )
     vocab_size: int = Field(
         default=2048,
         ge=300,
@@ -116,8 +126,12 @@ class DataConfig(BaseModel):
 
     def shard_settings(self) -> dict:
         """The settings that decide the token shards (their cache key): all but how domains are
-        mixed, which is a sampling choice, so that runs comparing mixtures share one build."""
-        return self.model_dump(mode="json", exclude={"mixture"})
+        mixed, which is a sampling choice, so that runs comparing mixtures share one build, and
+        runs with and without unpadding share one too."""
+        settings = self.model_dump(mode="json", exclude={"mixture"})
+        # concat and documents read the same rows (documents masks them at training time).
+        settings["packing"] = "padded" if self.packing == "padded" else "concat"
+        return settings
 
     @property
     def domains(self) -> list[str]:

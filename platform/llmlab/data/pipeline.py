@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 
 from llmlab.data.config import DataConfig
 from llmlab.data.corpus import load_corpus
+from llmlab.data.packing import pack, pack_padded
 from llmlab.data.shards import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
@@ -32,7 +33,7 @@ from llmlab.data.shards import (
     join,
     resolve,
 )
-from llmlab.data.tokenizer import eos_id, load_tokenizer, train_tokenizer
+from llmlab.data.tokenizer import eos_id, load_tokenizer, pad_id, train_tokenizer
 
 TOKENIZER_NAME = "tokenizer.json"
 HELDOUT_FOLDER = "heldout"
@@ -49,27 +50,17 @@ def _tokenizer_from_json(tokenizer_json: str) -> Tokenizer:
     return Tokenizer.from_str(tokenizer_json)
 
 
-def pack(token_lists: list[list[int]], eos: int, row_len: int) -> tuple[np.ndarray, int]:
-    """Documents + EOS each, end to end, cut into full rows of `row_len`; (rows, tokens in).
-
-    The incomplete tail is dropped rather than padded: every stored token is a real target.
-    """
-    flat: list[int] = []
-    for ids in token_lists:
-        flat.extend(ids)
-        flat.append(eos)
-    stream = np.asarray(flat, dtype=np.int64)
-    n_rows = len(stream) // row_len
-    return stream[: n_rows * row_len].reshape(n_rows, row_len), len(stream)
-
-
 def _tokenize_and_write(
-    batch: dict[str, np.ndarray], *, tokenizer_json: str, seq_len: int, out_dir: str, dtype: str
+    batch: dict[str, np.ndarray], *, tokenizer_json: str, seq_len: int, out_dir: str, dtype: str, padded: bool
 ) -> dict[str, np.ndarray]:
     tok = _tokenizer_from_json(tokenizer_json)
     texts = [str(t) for t in batch["text"]]
     encodings = tok.encode_batch(texts, add_special_tokens=False)
-    rows, n_in = pack([e.ids for e in encodings], eos_id(tok), seq_len + 1)
+    token_lists = [e.ids for e in encodings]
+    if padded:
+        rows, n_in = pack_padded(token_lists, eos_id(tok), pad_id(tok), seq_len + 1)
+    else:
+        rows, n_in = pack(token_lists, eos_id(tok), seq_len + 1)
     data = rows.astype(dtype).tobytes()
     name = ""
     if len(rows):
@@ -264,6 +255,7 @@ class _ShardWriter:
                 "seq_len": self.cfg.seq_len,
                 "out_dir": out_dir,
                 "dtype": dtype,
+                "padded": self.cfg.packing == "padded",
             },
         ).take_all()
         manifest = _build_manifest(meta, self.cfg, self.vocab_size, dtype, _sha256(self.tokenizer_json))

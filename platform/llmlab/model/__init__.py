@@ -1,8 +1,9 @@
-"""The llmlab language model: typed config, plain-torch transformer, Hugging Face wrapper.
+"""The llmlab language models: typed config, plain-torch decoder (`Transformer`), encoder
+(`EncoderForPreTraining`) and encoder-decoder (`EncoderDecoder`), Hugging Face wrappers.
 
 Importing this package loads torch and pydantic only. The Hugging Face pieces (`LlmlabConfig`,
-`LlmlabForCausalLM`, `from_hf_llama`) load transformers on first access, so workers that only
-train the plain `Transformer` never pay for it.
+the `LlmlabFor*` wrappers, the `from_hf_*` importers) load transformers on first access, so
+workers that only train the plain models never pay for it.
 """
 
 from __future__ import annotations
@@ -17,15 +18,26 @@ from llmlab.model.attention import (
     build_attention_backend,
 )
 from llmlab.model.config import AttentionConfig, ModelConfig
+from llmlab.model.encoder import Encoder, EncoderForPreTraining, documents_from_padding
+from llmlab.model.seq2seq import EncoderDecoder
 from llmlab.model.transformer import Transformer, build_model
 
 if TYPE_CHECKING:
+    from llmlab.model.bart_import import from_hf_bart
+    from llmlab.model.bert_import import from_hf_bert
     from llmlab.model.hf import LlmlabConfig, LlmlabForCausalLM
+    from llmlab.model.hf_encoder import LlmlabForMaskedLM, LlmlabForPreTraining
+    from llmlab.model.hf_seq2seq import LlmlabForSeq2SeqLM
     from llmlab.model.llama_import import from_hf_llama
 
 _LAZY = {
     "LlmlabConfig": "llmlab.model.hf",
     "LlmlabForCausalLM": "llmlab.model.hf",
+    "LlmlabForMaskedLM": "llmlab.model.hf_encoder",
+    "LlmlabForPreTraining": "llmlab.model.hf_encoder",
+    "LlmlabForSeq2SeqLM": "llmlab.model.hf_seq2seq",
+    "from_hf_bart": "llmlab.model.bart_import",
+    "from_hf_bert": "llmlab.model.bert_import",
     "from_hf_llama": "llmlab.model.llama_import",
 }
 
@@ -34,12 +46,21 @@ __all__ = [
     "AttentionBackend",
     "AttentionConfig",
     "AttentionPattern",
+    "Encoder",
+    "EncoderDecoder",
+    "EncoderForPreTraining",
     "LlmlabConfig",
     "LlmlabForCausalLM",
+    "LlmlabForMaskedLM",
+    "LlmlabForPreTraining",
+    "LlmlabForSeq2SeqLM",
     "ModelConfig",
     "Transformer",
     "build_attention_backend",
     "build_model",
+    "documents_from_padding",
+    "from_hf_bart",
+    "from_hf_bert",
     "from_hf_llama",
 ]
 

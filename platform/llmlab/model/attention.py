@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import warnings
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -168,12 +169,15 @@ class SdpaCudnnAttention(_PinnedSdpaAttention):
         return None if torch.cuda.is_available() else "needs a CUDA device, and none is visible"
 
 
+_FLEX_BLOCK = 128  # FlexAttention's default block size
+
+
 @functools.cache
 def _compiled_flex_attention():
     # FlexAttention is fast only compiled (eager materialises the scores); compile once per process.
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)
 
 
 class FlexAttention(AttentionBackend):
@@ -201,13 +205,22 @@ class FlexAttention(AttentionBackend):
         )
         attend = _compiled_flex_attention() if on_cuda else flex_attention
         gqa = q_BLHD.shape[2] != k_BSKD.shape[2]
-        o_BHLD = attend(
-            q_BLHD.transpose(1, 2),
-            k_BSKD.transpose(1, 2),
-            v_BSKD.transpose(1, 2),
-            block_mask=block_mask,
-            enable_gqa=gqa,
-        )
+        if gqa and on_cuda and (q_len % _FLEX_BLOCK or kv_len % _FLEX_BLOCK):
+            # Compiled grouped-query FlexAttention finds no kernel for lengths off its 128 block
+            # (Inductor NoValidChoicesError, seen at 96 on an H200 with torch 2.11): share no kv
+            # heads there, at the cost of copying k and v.
+            n_rep = q_BLHD.shape[2] // k_BSKD.shape[2]
+            k_BSKD, v_BSKD, gqa = _repeat_kv(k_BSKD, n_rep), _repeat_kv(v_BSKD, n_rep), False
+        with warnings.catch_warnings():
+            # Eager (CPU) FlexAttention warns that it materialises the scores; on CPU that is expected.
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            o_BHLD = attend(
+                q_BLHD.transpose(1, 2),
+                k_BSKD.transpose(1, 2),
+                v_BSKD.transpose(1, 2),
+                block_mask=block_mask,
+                enable_gqa=gqa,
+            )
         return o_BHLD.transpose(1, 2)
 
     def _block_mask(self, q_len: int, kv_len: int, device: torch.device, context: AttentionContext):

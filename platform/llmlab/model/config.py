@@ -1,4 +1,4 @@
-"""Typed configuration of the decoder-only transformer.
+"""Typed configuration of the transformer: decoder, encoder or encoder-decoder.
 
 `ModelConfig` is embedded as the `model:` section of an experiment config, so it stays a plain
 pydantic model: every field has a default and a description, and invalid combinations fail at
@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+ArchitectureName = Literal["decoder", "encoder", "encoder_decoder"]
 AttentionBackendName = Literal["reference", "sdpa", "sdpa_flash", "sdpa_cudnn", "flex", "flash_attn"]
 # Kept in step with llmlab.model.masks.LAYER_KINDS (this module stays free of torch).
 LayerKindName = Literal["dense", "local", "strided", "local_strided"]
@@ -51,17 +52,32 @@ class AttentionConfig(BaseModel):
 
 
 class ModelConfig(BaseModel):
-    """Architecture of a decoder-only pre-norm transformer."""
+    """Architecture of a transformer: a decoder-only LM, a bidirectional encoder, or both."""
 
     model_config = ConfigDict(extra="forbid")
 
+    architecture: ArchitectureName = Field(
+        default="decoder",
+        description=(
+            "decoder: causal language model (GPT, Llama); encoder: bidirectional encoder with a "
+            "masked-LM and a next-sentence head (BERT); encoder_decoder: bidirectional encoder and "
+            "causal decoder with cross-attention and a seq2seq LM head (BART, T5)."
+        ),
+    )
     vocab_size: int | None = Field(
         default=None,
         gt=0,
         description="Vocabulary size; None takes it from the tokenizer when the model is built.",
     )
     d_model: int = Field(default=256, gt=0, description="Width of the residual stream.")
-    n_layers: int = Field(default=4, gt=0, description="Number of transformer blocks.")
+    n_layers: int = Field(
+        default=4, gt=0, description="Number of transformer blocks (the encoder's in an encoder_decoder)."
+    )
+    n_decoder_layers: int | None = Field(
+        default=None,
+        gt=0,
+        description="Decoder blocks of an encoder_decoder; None means n_layers. Only for architecture=encoder_decoder.",
+    )
     n_heads: int = Field(default=4, gt=0, description="Number of query heads.")
     n_kv_heads: int | None = Field(
         default=None,
@@ -95,6 +111,21 @@ class ModelConfig(BaseModel):
         description=(
             "rope: rotary embeddings on q and k; learned: a GPT-2 style position table; "
             "none: no position signal (causal masking alone orders the tokens)."
+        ),
+    )
+    type_vocab_size: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Segment (token type) embeddings added to the encoder's input, e.g. 2 for BERT's sentence "
+            "A/B; 0 means none. Only for architecture=encoder."
+        ),
+    )
+    embed_norm: bool = Field(
+        default=False,
+        description=(
+            "A norm (of the `norm` kind) on the summed embeddings before the first block, as BERT and "
+            "BART have. Only for architecture=encoder or encoder_decoder."
         ),
     )
     rope_theta: float = Field(default=10000.0, gt=0, description="Base of the rotary frequencies.")
@@ -140,12 +171,41 @@ class ModelConfig(BaseModel):
                 f"even number, got {self.head_dim} * {self.rope_fraction}; change d_model, n_heads or "
                 "rope_fraction, or use position=learned"
             )
+        self._check_architecture()
         return self
+
+    def _check_architecture(self) -> None:
+        arch = self.architecture
+        if self.n_decoder_layers is not None and arch != "encoder_decoder":
+            raise ValueError(
+                f"model.n_decoder_layers={self.n_decoder_layers} applies to architecture=encoder_decoder only, "
+                f"got architecture={arch}; remove it or change model.architecture"
+            )
+        if self.type_vocab_size and arch != "encoder":
+            raise ValueError(
+                f"model.type_vocab_size={self.type_vocab_size} (segment embeddings) applies to "
+                f"architecture=encoder only, got architecture={arch}; set it to 0"
+            )
+        if self.embed_norm and arch == "decoder":
+            raise ValueError(
+                "model.embed_norm=true applies to architecture=encoder or encoder_decoder only; "
+                "the decoder has no embedding norm, set it to false"
+            )
+        if self.position == "none" and arch != "decoder":
+            raise ValueError(
+                f"model.position=none leaves the bidirectional encoder of architecture={arch} without "
+                "any order signal; use position=rope or learned"
+            )
 
     @property
     def rotary_dim(self) -> int:
         """Dimensions per head that RoPE rotates (the validator makes the product even)."""
         return 2 * round(self.head_dim * self.rope_fraction / 2)
+
+    @property
+    def decoder_layers(self) -> int:
+        """Decoder blocks of an encoder_decoder."""
+        return self.n_layers if self.n_decoder_layers is None else self.n_decoder_layers
 
     @property
     def head_dim(self) -> int:

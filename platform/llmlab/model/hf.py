@@ -2,6 +2,8 @@
 
 The wrapper adds no math: `LlmlabForCausalLM.model` is the plain `Transformer`, and the config
 round-trips to `ModelConfig`. Imported lazily by `llmlab.model` because transformers is heavy.
+The encoder and encoder-decoder wrappers live in `hf_encoder` and `hf_seq2seq`; importing this
+module registers them too, so that every AutoModel class finds llmlab checkpoints.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from transformers.initialization import guard_torch_init_functions, no_init_weig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llmlab.model.config import ModelConfig
+from llmlab.model.encoder import documents_from_padding
 from llmlab.model.layers import init_module_
 from llmlab.model.transformer import Transformer
 
@@ -39,13 +42,16 @@ class LlmlabConfig(PreTrainedConfig):
     `num_hidden_layers`, `num_attention_heads`, `num_key_value_heads` and `tie_word_embeddings`
     are read-only mirrors, rewritten from the llmlab fields on construction: PEFT reads the first
     four from `config.to_dict()`, and transformers reads `tie_word_embeddings` to tie the head.
+    `is_encoder_decoder` (which generate() reads) follows `architecture`.
     """
 
     model_type = "llmlab"
 
+    architecture: str = _default("architecture")
     vocab_size: int | None = _default("vocab_size")
     d_model: int = _default("d_model")
     n_layers: int = _default("n_layers")
+    n_decoder_layers: int | None = _default("n_decoder_layers")
     n_heads: int = _default("n_heads")
     n_kv_heads: int | None = _default("n_kv_heads")
     d_ff: int | None = _default("d_ff")
@@ -54,6 +60,8 @@ class LlmlabConfig(PreTrainedConfig):
     norm_placement: str = _default("norm_placement")
     norm_eps: float = _default("norm_eps")
     position: str = _default("position")
+    type_vocab_size: int = _default("type_vocab_size")
+    embed_norm: bool = _default("embed_norm")
     rope_theta: float = _default("rope_theta")
     rope_fraction: float = _default("rope_fraction")
     mlp: str = _default("mlp")
@@ -62,6 +70,10 @@ class LlmlabConfig(PreTrainedConfig):
     dropout: float = _default("dropout")
     init_std: float = _default("init_std")
     attention: dict | None = None
+    # Token ids the seq2seq wrapper needs: labels are shifted right behind decoder_start_token_id
+    # (and -100 replaced by pad_token_id) to make the decoder's inputs; generate() starts with it.
+    decoder_start_token_id: int | None = None
+    pad_token_id: int | None = None
 
     hidden_size: int | None = None
     num_hidden_layers: int | None = None
@@ -87,6 +99,12 @@ class LlmlabConfig(PreTrainedConfig):
                     f"set {source}, {mirror} only mirrors it"
                 )
             setattr(self, mirror, value)
+        if self.is_encoder_decoder and cfg.architecture != "encoder_decoder":
+            raise ValueError(
+                f"LlmlabConfig: is_encoder_decoder=True disagrees with architecture={cfg.architecture}; "
+                "set architecture, is_encoder_decoder only mirrors it"
+            )
+        self.is_encoder_decoder = cfg.architecture == "encoder_decoder"
         super().__post_init__(**kwargs)
 
     @classmethod
@@ -100,17 +118,55 @@ class LlmlabConfig(PreTrainedConfig):
         )
 
 
-class LlmlabForCausalLM(PreTrainedModel, GenerationMixin):
-    """Causal LM head over `Transformer`: loss, generate(), save/from_pretrained, PEFT."""
+class LlmlabPreTrainedModel(PreTrainedModel):
+    """What every llmlab wrapper shares: the config class, `self.model` as the plain model, and
+    weight initialisation by the plain model's own init plan."""
 
     config_class = LlmlabConfig
     base_model_prefix = "model"
+    architecture: ClassVar[str]  # the config.architecture this wrapper holds
+    model: nn.Module
+
+    def _check_architecture(self, config: LlmlabConfig) -> None:
+        if config.architecture != self.architecture:
+            raise ValueError(
+                f"{type(self).__name__} holds architecture={self.architecture}, but the config has "
+                f"architecture={config.architecture}; use the wrapper of that architecture"
+            )
+
+    @classmethod
+    def from_model(cls, model: nn.Module, **config_kwargs: Any) -> LlmlabPreTrainedModel:
+        """Wrap an existing plain model; its weights are shared, not copied or re-initialised.
+        config_kwargs go to the config (e.g. decoder_start_token_id, pad_token_id)."""
+        config = LlmlabConfig.from_model_config(model.config, **config_kwargs)
+        with no_init_weights():  # post_init would otherwise re-draw every weight
+            return cls(config, model=model)
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        # Our init (GPT-2 residual scaling) instead of transformers' generic one. The guard makes
+        # every init a no-op on weights flagged as loaded, so from_pretrained initialises only
+        # weights missing from the checkpoint.
+        with guard_torch_init_functions():
+            self.model.init_weights()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Called by transformers on single new modules (e.g. resized embeddings).
+        if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm, nn.RMSNorm)):
+            init_module_(module, self.config.init_std)
+
+
+class LlmlabForCausalLM(LlmlabPreTrainedModel, GenerationMixin):
+    """Causal LM head over `Transformer`: loss, generate(), save/from_pretrained, PEFT."""
+
+    architecture = "decoder"
     _no_split_modules: ClassVar[list[str]] = ["Block"]
     # transformers 5 declares tying as {target: source}; it applies only when the config's
     # tie_word_embeddings is true, and drops the target from saved checkpoints.
     _tied_weights_keys: ClassVar[dict[str, str]] = {"model.lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: LlmlabConfig, model: Transformer | None = None) -> None:
+        self._check_architecture(config)
         super().__init__(config)
         self.model = model if model is not None else Transformer(config.to_model_config())
         if self.generation_config is not None:
@@ -125,19 +181,6 @@ class LlmlabForCausalLM(PreTrainedModel, GenerationMixin):
             return cls(config, model=model)
 
     # --- weights -------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def initialize_weights(self) -> None:
-        # Our init (GPT-2 residual scaling) instead of transformers' generic one. The guard makes
-        # every init a no-op on weights flagged as loaded, so from_pretrained initialises only
-        # weights missing from the checkpoint.
-        with guard_torch_init_functions():
-            self.model.init_weights()
-
-    def _init_weights(self, module: nn.Module) -> None:
-        # Called by transformers on single new modules (e.g. resized embeddings).
-        if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm, nn.RMSNorm)):
-            init_module_(module, self.config.init_std)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -202,6 +245,19 @@ def causal_lm_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> torch.T
     return F.cross_entropy(logits_NV, labels_BL[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
 
 
+def token_cross_entropy(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of labels[t] at position t (masked LM, seq2seq), in float32; -100 ignored."""
+    return F.cross_entropy(logits_BLV.float().flatten(0, 1), labels_BL.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def documents_from_mask(attention_mask_BL: torch.Tensor | None) -> torch.Tensor | None:
+    """Document ids keeping padding apart (see `documents_from_padding`), or None when nothing is
+    padded, so that attention keeps its mask-free fast path. One device sync per call."""
+    if attention_mask_BL is None or bool(attention_mask_BL.all()):
+        return None
+    return documents_from_padding(attention_mask_BL)
+
+
 def _refuse_unsupported(attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> None:
     # One device sync per call; this wrapper serves PEFT and generate(), not the training loop.
     if attention_mask is not None and not bool(attention_mask.all()):
@@ -221,3 +277,7 @@ def _refuse_unsupported(attention_mask: torch.Tensor | None, kwargs: dict[str, A
 
 AutoConfig.register(LlmlabConfig.model_type, LlmlabConfig, exist_ok=True)
 AutoModelForCausalLM.register(LlmlabConfig, LlmlabForCausalLM, exist_ok=True)
+
+# Last, as they build on the classes above: the other wrappers register their AutoModel classes.
+import llmlab.model.hf_encoder  # noqa: E402
+import llmlab.model.hf_seq2seq  # noqa: E402, F401

@@ -68,11 +68,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x_BLHD: torch.Tensor, cos_BLR: torch.Tensor, sin_BLR: torch.Tensor) -> torch.Tensor:
     """Rotate the first R dimensions of each head of q or k (R = cos's width); the rest pass
-    through. The arithmetic runs in float32 so bf16 positions stay precise."""
+    through. cos and sin are float32, so type promotion runs the arithmetic in float32 (bf16
+    positions stay precise) without a separate upcast copy of x, which costs a kernel in eager."""
     rotary_dim = cos_BLR.shape[-1]
-    x32_BLHR = x_BLHD[..., :rotary_dim].float()
+    x_BLHR = x_BLHD[..., :rotary_dim]
     cos_BL1R, sin_BL1R = cos_BLR.unsqueeze(2), sin_BLR.unsqueeze(2)
-    rotated_BLHR = (x32_BLHR * cos_BL1R + _rotate_half(x32_BLHR) * sin_BL1R).to(x_BLHD.dtype)
+    rotated_BLHR = (x_BLHR * cos_BL1R + _rotate_half(x_BLHR) * sin_BL1R).to(x_BLHD.dtype)
     if rotary_dim == x_BLHD.shape[-1]:
         return rotated_BLHR
     return torch.cat((rotated_BLHR, x_BLHD[..., rotary_dim:]), dim=-1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -18,6 +20,10 @@ from llmlab.model.layers import (
 )
 from llmlab.model.masks import AttentionContext, positions_from_documents
 
+if TYPE_CHECKING:
+    from llmlab.model.encoder import EncoderForPreTraining
+    from llmlab.model.seq2seq import EncoderDecoder
+
 
 class Transformer(nn.Module):
     """Decoder-only language model returning logits [B, L, V] in the compute dtype.
@@ -30,6 +36,11 @@ class Transformer(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if config.architecture != "decoder":
+            raise ValueError(
+                f"Transformer is the decoder, but model.architecture={config.architecture}; "
+                "build that with build_model(config)"
+            )
         if config.vocab_size is None:
             raise ValueError(
                 "model.vocab_size is None: set it in the config or call "
@@ -133,8 +144,11 @@ def add_positions(
     return x_BLD, None
 
 
-def build_model(config: ModelConfig, vocab_size: int | None = None) -> Transformer:
-    """Build a Transformer; vocab_size (e.g. the tokenizer's) fills a config that left it None.
+def build_model(
+    config: ModelConfig, vocab_size: int | None = None
+) -> Transformer | EncoderForPreTraining | EncoderDecoder:
+    """Build config.architecture: `Transformer` (decoder), `EncoderForPreTraining` (encoder) or
+    `EncoderDecoder`; vocab_size (e.g. the tokenizer's) fills a config that left it None.
 
     A config may set a larger vocab_size than the tokenizer's (padding the table to a friendly
     multiple); a smaller one would leave token ids without embeddings and is refused.
@@ -148,4 +162,13 @@ def build_model(config: ModelConfig, vocab_size: int | None = None) -> Transform
                 f"model.vocab_size={config.vocab_size} is smaller than the tokenizer's "
                 f"{vocab_size}; remove model.vocab_size from the config or raise it"
             )
+    # Imported here: those modules build on this one's embed() and add_positions().
+    if config.architecture == "encoder":
+        from llmlab.model.encoder import EncoderForPreTraining
+
+        return EncoderForPreTraining(config)
+    if config.architecture == "encoder_decoder":
+        from llmlab.model.seq2seq import EncoderDecoder
+
+        return EncoderDecoder(config)
     return Transformer(config)

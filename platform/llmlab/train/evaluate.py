@@ -14,7 +14,8 @@ import torch.distributed as dist
 from torch import nn
 
 from llmlab.data.shards import TokenShards
-from llmlab.train.loop import next_token_loss, resolve_precision
+from llmlab.train.loop import resolve_precision, token_losses
+from llmlab.train.rows import CONCAT, RowFormat
 
 OVERALL = "eval_loss"
 
@@ -34,8 +35,9 @@ def evaluate(
     micro_batch: int,
     device: torch.device,
     precision: str = "auto",
+    row_format: RowFormat = CONCAT,
 ) -> dict[str, float]:
-    """{"eval_loss": mean next-token loss over every held-out token, "eval_loss/<domain>": per domain}."""
+    """{"eval_loss": mean next-token loss over every scored held-out token, "eval_loss/<domain>": per domain}."""
     autocast_dtype = resolve_precision(precision, device)
     was_training = model.training
     model.eval()
@@ -45,10 +47,9 @@ def evaluate(
         for chunk in rows.split(micro_batch):
             chunk = chunk.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = next_token_loss(model, chunk)
-            tokens = chunk.shape[0] * (chunk.shape[1] - 1)
-            totals[index, 0] += loss.detach().double() * tokens  # stays on the device: no sync per batch
-            totals[index, 1] += tokens
+                losses_BL, scored_BL = token_losses(model, chunk, row_format)
+            totals[index, 0] += losses_BL.double().sum()  # stays on the device: no sync per batch
+            totals[index, 1] += scored_BL.sum()
     model.train(was_training)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals, op=dist.ReduceOp.SUM)

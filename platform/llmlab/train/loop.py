@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.train.config import TrainConfig
+from llmlab.train.rows import CONCAT, IGNORE_INDEX, RowFormat
 
 # Step index (0-based) → this rank's micro-batches of token rows, each (micro_batch, seq_len + 1).
 BatchFn = Callable[[int], Sequence[torch.Tensor]]
@@ -31,7 +32,7 @@ class StepMetrics:
     loss: float  # mean next-token loss over the global batch
     lr: float  # learning rate this step used
     grad_norm: float  # global gradient norm before clipping
-    tokens: int  # tokens in the global batch
+    tokens: int  # scored tokens in the global batch (pads and cross-document targets excluded)
     step_time_s: float
     group_loss: tuple[float, ...] = ()  # mean loss per group over the global batch (NaN: no rows)
     group_rows: tuple[int, ...] = ()  # rows per group in the global batch
@@ -57,19 +58,39 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return None
 
 
-def next_token_loss(model: nn.Module, rows: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting rows[:, 1:] from rows[:, :-1], computed in float32."""
-    inputs_BL, targets_BL = rows[:, :-1], rows[:, 1:]
-    logits_BLV = model(inputs_BL)
-    return F.cross_entropy(logits_BLV.float().flatten(0, 1), targets_BL.flatten())
+def token_losses(
+    model: nn.Module, rows: torch.Tensor, row_format: RowFormat = CONCAT
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss of each target [B, L] in float32, 0 where unscored; scored mask [B, L]) of rows [B, L+1]."""
+    batch = row_format.split(rows)
+    logits_BLV = model(batch.inputs_BL, **batch.model_kwargs())
+    scored_BL = batch.targets_BL != IGNORE_INDEX
+    losses_N = F.cross_entropy(
+        logits_BLV.float().flatten(0, 1), batch.targets_BL.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return losses_N.view(batch.targets_BL.shape), scored_BL
 
 
-def row_losses(model: nn.Module, rows: torch.Tensor) -> torch.Tensor:
-    """Each row's mean next-token loss, (B,); their mean is `next_token_loss` (rows are equally long)."""
-    inputs_BL, targets_BL = rows[:, :-1], rows[:, 1:]
-    logits_BLV = model(inputs_BL)
-    losses_BL = F.cross_entropy(logits_BLV.float().flatten(0, 1), targets_BL.flatten(), reduction="none")
-    return losses_BL.view(targets_BL.shape).mean(dim=1)
+def next_token_loss(model: nn.Module, rows: torch.Tensor, row_format: RowFormat = CONCAT) -> torch.Tensor:
+    """Mean cross-entropy of predicting rows[:, 1:] from rows[:, :-1] over the scored targets, in float32."""
+    losses_BL, scored_BL = token_losses(model, rows, row_format)
+    return losses_BL.sum() / scored_BL.sum().clamp(min=1)
+
+
+def row_losses(
+    model: nn.Module, rows: torch.Tensor, row_format: RowFormat = CONCAT
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each row's mean next-token loss (B,), the whole micro-batch's mean over scored targets)."""
+    losses_BL, scored_BL = token_losses(model, rows, row_format)
+    per_row = losses_BL.sum(dim=1) / scored_BL.sum(dim=1).clamp(min=1)
+    return per_row, losses_BL.sum() / scored_BL.sum().clamp(min=1)
+
+
+def scored_tokens(rows: torch.Tensor, row_format: RowFormat) -> int:
+    """Targets of rows that count: real tokens, so tokens/s compares packed and padded batches fairly."""
+    if row_format.packing == "concat":
+        return rows.shape[0] * (rows.shape[1] - 1)
+    return int((row_format.split(rows).targets_BL != IGNORE_INDEX).sum())
 
 
 def train(
@@ -84,9 +105,11 @@ def train(
     on_step: Callable[[StepMetrics], None] | None = None,
     groups: GroupFn | None = None,
     num_groups: int = 0,
+    row_format: RowFormat = CONCAT,
 ) -> StepMetrics | None:
     """Run optimizer steps start_step+1 … cfg.max_steps; return the last step's metrics. With
-    `groups` (one of `num_groups` ids per row), the metrics also hold each group's loss."""
+    `groups` (one of `num_groups` ids per row), the metrics also hold each group's loss.
+    `row_format` says how documents sit in the rows (packed, unpadded, padded)."""
     autocast_dtype = resolve_precision(cfg.precision, device)
     distributed = dist.is_available() and dist.is_initialized()
     max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
@@ -101,18 +124,17 @@ def train(
         row_groups = groups(step - 1) if groups is not None else None
         tokens = 0
         for index, rows in enumerate(micro_batches):
+            tokens += scored_tokens(rows, row_format)
             rows = rows.to(device, non_blocking=True)
-            tokens += rows.shape[0] * (rows.shape[1] - 1)
             is_last = index == len(micro_batches) - 1
             # DDP all-reduces gradients on every backward; only the last micro-batch needs it.
             sync = contextlib.nullcontext() if is_last or not hasattr(model, "no_sync") else model.no_sync()
             with sync:
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     if row_groups is None:
-                        loss = next_token_loss(model, rows)
+                        loss = next_token_loss(model, rows, row_format)
                     else:
-                        per_row = row_losses(model, rows)
-                        loss = per_row.mean()
+                        per_row, loss = row_losses(model, rows, row_format)
                         labels = row_groups[index].to(device)
                         group_stats[0].index_add_(0, labels, per_row.detach())
                         group_stats[1].index_add_(0, labels, torch.ones_like(per_row))
@@ -125,7 +147,9 @@ def train(
 
         loss_mean = loss_sum / len(micro_batches)
         if distributed:
-            # Every rank holds an equal share of the global batch, so the mean of means is exact.
+            # Every rank holds an equal share of the global batch, so the mean of means is exact for
+            # concat rows; padded or unpadded micro-batches weigh equally whatever their scored
+            # tokens, as in most trainers (close when they hold similar numbers).
             # (SUM then divide: gloo has no AVG.)
             dist.all_reduce(loss_mean, op=dist.ReduceOp.SUM)
             loss_mean /= dist.get_world_size()

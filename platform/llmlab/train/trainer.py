@@ -32,6 +32,7 @@ from llmlab.train.loop import StepMetrics, train
 from llmlab.train.mixing import MixedBatches
 from llmlab.train.optim import build_optimizer, build_scheduler
 from llmlab.train.progress import format_progress
+from llmlab.train.rows import RowFormat
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class WorkerSpec:
     run_id: str
     run_name: str
     heldout_manifests: dict[str, str] = field(default_factory=dict)  # domain -> manifest URI
+    separator_id: int = -1  # the tokenizer's EOS, which ends every document
+    pad_id: int = -1  # the tokenizer's PAD, which fills padded rows
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -94,6 +97,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             print(f"[{spec.run_name}] resuming from the checkpoint at step {start_step}", flush=True)
     model = parallel.apply(model, exp.parallel.strategy, device)
 
+    row_format = RowFormat(exp.data.packing, spec.separator_id, spec.pad_id)
     heldout = load_heldout(spec.heldout_manifests, exp.train.eval_sequences, rank, world_size)
     micro_batch = exp.train.batch_size // (world_size * exp.train.grad_accum)
     logger = MetricLogger(spec.tracking_uri, spec.run_id) if rank == 0 else None
@@ -109,7 +113,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         is_last = metrics.step == exp.train.max_steps or stopped_early
         is_eval = bool(heldout) and (metrics.step % exp.train.eval_every == 0 or is_last)
         if is_eval:
-            values.update(evaluate(model, heldout, micro_batch, device, exp.train.precision))
+            values.update(evaluate(model, heldout, micro_batch, device, exp.train.precision, row_format))
         if logger is not None:
             logger.log(metrics.step, values)
         is_checkpoint = metrics.step % exp.train.checkpoint_every == 0 or is_last
@@ -160,6 +164,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 on_step=on_step,
                 groups=mixed.groups if mixed is not None else None,
                 num_groups=len(exp.data.domains) if mixed is not None else 0,
+                row_format=row_format,
             )
         except DomainExhausted as err:  # every rank draws the same batches: all stop at this step
             if rank == 0:

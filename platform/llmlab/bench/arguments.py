@@ -1,0 +1,35 @@
+"""Command-line arguments of the benchmarks, standard library only.
+
+`llmlab`'s parser adds every benchmark's arguments when it starts, and must not pay for importing
+torch to do so; each benchmark module's own `main` (for machines without Ray) uses the same
+functions. Defaults live in each benchmark's config dataclass: None here means "not given".
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_attention_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 1024 2048 4096 8192)")
+    parser.add_argument("--heads", type=int, help="attention heads (default 8)")
+    parser.add_argument("--batch", type=int, help="batch size (default 1)")
+    parser.add_argument("--repeats", type=int, help="timed passes per case, the best counts (default 3)")
+
+
+def add_unpadding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seq-len", type=int, help="row length (default 512)")
+    parser.add_argument("--rows", type=int, help="padded rows, one document each, per step (default 8)")
+    parser.add_argument("--steps", type=int, help="timed steps per layout per round (default 6)")
+    parser.add_argument("--rounds", type=int, help="timed rounds; the best counts (default 3)")
+
+
+def given(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, object]:
+    """The named arguments the command line set, each checked to be at least 1."""
+    values = {name: getattr(args, name, None) for name in names}
+    for name, value in values.items():
+        numbers = value if isinstance(value, list) else [value]
+        if value is not None and any(isinstance(n, int) and n < 1 for n in numbers):
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+    return {name: value for name, value in values.items() if value is not None}
