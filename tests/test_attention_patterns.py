@@ -215,7 +215,7 @@ def test_flash_attn_windows_and_varlen_equal_reference(pattern: AttentionPattern
 
 def _compare_on_gpu(backend: str, pattern: AttentionPattern) -> None:
     for docs in (None, random_documents().cuda()):
-        q, k, v = (t.detach().cuda().to(torch.bfloat16).requires_grad_() for t in qkv(length=24))
+        q, k, v = (t.detach().cuda().to(torch.bfloat16).requires_grad_() for t in qkv(length=24, dim=16))
         results = []
         for name in ("reference", backend):
             grads_in = [t.detach().clone().requires_grad_() for t in (q, k, v)]
@@ -223,7 +223,6 @@ def _compare_on_gpu(backend: str, pattern: AttentionPattern) -> None:
             out.float().square().sum().backward()
             results.append((out.float(), [t.grad.float() for t in grads_in]))
         (ref_out, ref_grads), (out, grads) = results
-        # bf16 resolution: outputs ~1, gradients summed over 24 keys.
-        assert (ref_out - out).abs().max() < 3e-2
-        for ref_grad, grad in zip(ref_grads, grads, strict=True):
-            assert (ref_grad - grad).abs().max() < 1e-1
+        # bf16 resolution (2^-8 relative), a few roundings deep: 3% of each tensor's largest value.
+        for expected, got in zip([ref_out, *ref_grads], [out, *grads], strict=True):
+            assert (expected - got).abs().max() <= 3e-2 * expected.abs().max()

@@ -293,3 +293,31 @@ def test_ui_serves_the_store_on_localhost_only(tmp_path: Path) -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_an_ablation_runs_unpadded_with_alternating_sparse_layers(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """The attention ablation's file through `llmlab run`, unpadded (document masks from the
+    tokenizer's EOS, which the driver hands the workers) with dense/local layers."""
+    overrides = [
+        "model.attention.pattern=[dense,local]",
+        "data.packing=documents",
+        "data.seq_len=64",
+        "data.demo_docs_per_domain=150",
+        "model.d_model=32",
+        "train.max_steps=8",
+        "train.warmup_steps=2",
+        "train.eval_every=4",
+        "train.checkpoint_every=8",
+        "tracking.run_name=unpadded",
+        "tracking.system_metrics=false",
+    ]
+    experiment = REPO / "experiments" / "ablations" / "attention.yaml"
+    result = llmlab(tmp_path, "run", str(experiment), *overrides, env=cli_env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    client = store_client(tmp_path)
+    run = only_run(client, "ablation-attention", "unpadded")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["data.packing"] == "documents"
+    assert run.data.params["model.attention.pattern"] == "['dense', 'local']"
+    heldout = client.get_metric_history(run.info.run_id, "eval_loss")
+    assert len(heldout) == 2 and all(0 < m.value < 10 for m in heldout)
