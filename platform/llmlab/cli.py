@@ -7,6 +7,7 @@ one line, `error: <where>: <problem>`, and exit 2 — never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -87,18 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     from llmlab.bench.model import add_arguments
 
     add_arguments(bench_model)
-    bench_model.set_defaults(handler=_bench_model)
+    bench_model.set_defaults(handler=_bench)
     bench_unpadding = bench_commands.add_parser(
         "unpadding", help="training tokens/s of packed, document-masked rows vs padded rows (same documents)"
     )
     add_unpadding_arguments(bench_unpadding)
-    bench_unpadding.set_defaults(handler=_bench_unpadding)
+    bench_unpadding.set_defaults(handler=_bench)
     bench_attention = bench_commands.add_parser(
         "attention",
         help="forward+backward time and memory of each attention backend vs the reference, 1k-8k tokens",
     )
     add_attention_arguments(bench_attention)
-    bench_attention.set_defaults(handler=_bench_attention)
+    bench_attention.set_defaults(handler=_bench)
 
     ui = commands.add_parser("ui", help="the MLflow UI over the local store, on 127.0.0.1")
     ui.add_argument("--uri", help="tracking store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
@@ -287,37 +288,15 @@ def _bench_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_model(args: argparse.Namespace) -> int:
-    # No Ray and no MLflow: the bench runs on a bare GPU machine with torch and transformers only.
-    from llmlab.bench.model import config_from_args, run_bench
-
+def _bench(args: argparse.Namespace) -> int:
+    """`llmlab bench model|unpadding|attention`: no Ray and no MLflow (they run on a bare GPU
+    machine with torch and transformers only); each module reads its options and reports."""
+    module = importlib.import_module(f"llmlab.bench.{args.bench_command}")
     try:
-        cfg = config_from_args(args)
+        cfg = module.config_from_args(args)
     except ValueError as err:
-        raise UserError(str(err)) from None
-    print(run_bench(cfg).format(), flush=True)
-    return 0
-
-
-def _bench_unpadding(args: argparse.Namespace) -> int:
-    from llmlab.bench.unpadding import config_from_args, run_bench
-
-    try:
-        cfg = config_from_args(args)
-    except ValueError as err:
-        raise UserError(f"bench unpadding: {err}") from None
-    run_bench(cfg)
-    return 0
-
-
-def _bench_attention(args: argparse.Namespace) -> int:
-    from llmlab.bench.attention import config_from_args, run_bench
-
-    try:
-        cfg = config_from_args(args)
-    except ValueError as err:
-        raise UserError(f"bench attention: {err}") from None
-    run_bench(cfg)
+        raise UserError(f"bench {args.bench_command}: {err}") from None
+    module.report(cfg)
     return 0
 
 

@@ -213,6 +213,11 @@ def result_line(results: list[Measurement], cfg: AttentionBench) -> str:
     return "RESULT " + " ".join(parts)
 
 
+def report(cfg: AttentionBench) -> None:
+    """Run the bench, printing as it goes and its RESULT line last (`llmlab bench NAME` calls this)."""
+    run_bench(cfg)
+
+
 def config_from_args(args: argparse.Namespace) -> AttentionBench:
     values = given(args, ("device", "lengths", "heads", "batch", "repeats"))
     if "lengths" in values:
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run_bench(cfg)
+    report(cfg)
     return 0
 
 

@@ -530,6 +530,11 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     return BenchResult(cfg, device_name, parameters, flops, loss_diff, initial_loss, variants)
 
 
+def report(cfg: BenchConfig) -> None:
+    """Run the bench and print its table and RESULT line (`llmlab bench model` calls this)."""
+    print(run_bench(cfg).format(), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m llmlab.bench.model",
@@ -541,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
     except ValueError as err:
         parser.error(str(err))
-    print(run_bench(cfg).format(), flush=True)
+    report(cfg)
     return 0
 
 

@@ -176,6 +176,11 @@ def run_bench(cfg: UnpaddingBench, say=print) -> UnpaddingResult:
     return result
 
 
+def report(cfg: UnpaddingBench) -> None:
+    """Run the bench, printing as it goes and its RESULT line last (`llmlab bench NAME` calls this)."""
+    run_bench(cfg)
+
+
 def config_from_args(args: argparse.Namespace) -> UnpaddingBench:
     """The defaults, with whatever the command line set."""
     return replace(UnpaddingBench(), **given(args, ("seq_len", "rows", "steps", "rounds")))

@@ -9,12 +9,12 @@ final_logits_bias, different encoder and decoder widths) is refused instead of a
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 import torch
 
 from llmlab.model.config import ModelConfig
+from llmlab.model.hf_import import POST_NORM_GELU, Importer
 from llmlab.model.seq2seq import EncoderDecoder
 
 if TYPE_CHECKING:
@@ -46,8 +46,8 @@ _KEY_RENAMES: list[tuple[str, str]] = [
 _TIED_TO_SHARED = ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight")
 
 
-def _refuse(what: str) -> ValueError:
-    return ValueError(f"from_hf_bart: {what}; llmlab's EncoderDecoder cannot represent it")
+_IMPORTER = Importer("from_hf_bart", EncoderDecoder, _KEY_RENAMES)
+_refuse = _IMPORTER.refuse
 
 
 def model_config_from_bart(config: BartConfig) -> ModelConfig:
@@ -73,33 +73,17 @@ def model_config_from_bart(config: BartConfig) -> ModelConfig:
         n_heads=config.encoder_attention_heads,
         d_ff=config.encoder_ffn_dim,
         max_seq_len=config.max_position_embeddings,
-        norm="layernorm",
-        norm_placement="post",
         norm_eps=1e-5,  # BART's nn.LayerNorm default
-        position="learned",
-        embed_norm=True,
-        mlp="gelu",
-        bias=True,
+        **POST_NORM_GELU,
         tie_embeddings=config.tie_word_embeddings,
         dropout=config.dropout,
         init_std=config.init_std,
     )
 
 
-def _rename(key: str) -> str:
-    for pattern, replacement in _KEY_RENAMES:
-        new_key, n = re.subn(pattern, replacement, key)
-        if n:
-            return new_key
-    raise _refuse(f"unexpected weight {key!r}")
-
-
 @torch.no_grad()
 def from_hf_bart(model: BartForConditionalGeneration) -> EncoderDecoder:
     """A new `EncoderDecoder` computing the same logits as `model`, on its device and dtype."""
-    config = model_config_from_bart(model.config)
-    weight = model.get_input_embeddings().weight
-    ours = EncoderDecoder(config).to(device=weight.device, dtype=weight.dtype)
     hf_state = dict(model.state_dict())
     shared = hf_state["model.shared.weight"]
     for key in _TIED_TO_SHARED:
@@ -107,10 +91,8 @@ def from_hf_bart(model: BartForConditionalGeneration) -> EncoderDecoder:
             raise _refuse(f"{key} differs from model.shared.weight (one table serves encoder and decoder)")
     if bool(hf_state.pop("final_logits_bias").any()):
         raise _refuse("a nonzero final_logits_bias (our LM head has no bias)")
-    state = {_rename(key): tensor for key, tensor in hf_state.items()}
+    state = {_IMPORTER.rename(key): tensor for key, tensor in hf_state.items()}
     for side in ("encoder", "decoder"):
         table = state[f"{side}.embed_positions.weight"]
         state[f"{side}.embed_positions.weight"] = table[BART_POSITION_OFFSET:]
-    # strict: every one of our weights must come from the checkpoint, and nothing may be left.
-    ours.load_state_dict(state, strict=True)
-    return ours
+    return _IMPORTER.load(model_config_from_bart(model.config), state, like=model.get_input_embeddings().weight)

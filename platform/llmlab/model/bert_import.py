@@ -8,13 +8,13 @@ embeddings, another activation) is refused instead of approximated.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 import torch
 
 from llmlab.model.config import ModelConfig
 from llmlab.model.encoder import EncoderForPreTraining
+from llmlab.model.hf_import import POST_NORM_GELU, Importer
 
 if TYPE_CHECKING:
     from transformers import BertConfig, BertForPreTraining
@@ -42,8 +42,8 @@ _KEY_RENAMES: list[tuple[str, str]] = [
 ]
 
 
-def _refuse(what: str) -> ValueError:
-    return ValueError(f"from_hf_bert: {what}; llmlab's EncoderForPreTraining cannot represent it")
+_IMPORTER = Importer("from_hf_bert", EncoderForPreTraining, _KEY_RENAMES)
+_refuse = _IMPORTER.refuse
 
 
 def model_config_from_bert(config: BertConfig) -> ModelConfig:
@@ -62,43 +62,25 @@ def model_config_from_bert(config: BertConfig) -> ModelConfig:
         n_heads=config.num_attention_heads,
         d_ff=config.intermediate_size,
         max_seq_len=config.max_position_embeddings,
-        norm="layernorm",
-        norm_placement="post",
         norm_eps=config.layer_norm_eps,
-        position="learned",
         type_vocab_size=config.type_vocab_size,
-        embed_norm=True,
-        mlp="gelu",
-        bias=True,
+        **POST_NORM_GELU,
         tie_embeddings=config.tie_word_embeddings,
         dropout=config.hidden_dropout_prob,
         init_std=config.initializer_range,
     )
 
 
-def _rename(key: str) -> str:
-    for pattern, replacement in _KEY_RENAMES:
-        new_key, n = re.subn(pattern, replacement, key)
-        if n:
-            return new_key
-    raise _refuse(f"unexpected weight {key!r}")
-
-
 @torch.no_grad()
 def from_hf_bert(model: BertForPreTraining) -> EncoderForPreTraining:
     """A new `EncoderForPreTraining` computing the same MLM and NSP logits as `model`, on its device
     and dtype."""
-    config = model_config_from_bert(model.config)
-    weight = model.get_input_embeddings().weight
-    ours = EncoderForPreTraining(config).to(device=weight.device, dtype=weight.dtype)
     # BERT keeps its output bias twice, cls.predictions.bias and the decoder's (tied): check that
     # the copies agree and load one. A tied output matrix arrives under both its names.
     state: dict[str, torch.Tensor] = {}
     for key, tensor in model.state_dict().items():
-        ours_key = _rename(key)
+        ours_key = _IMPORTER.rename(key)
         if ours_key in state and not torch.equal(state[ours_key], tensor):
             raise _refuse(f"{key} differs from the weight it is tied to")
         state[ours_key] = tensor
-    # strict: every one of our weights must come from the checkpoint, and nothing may be left.
-    ours.load_state_dict(state, strict=True)
-    return ours
+    return _IMPORTER.load(model_config_from_bert(model.config), state, like=model.get_input_embeddings().weight)

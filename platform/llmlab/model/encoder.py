@@ -16,7 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.model.config import ModelConfig
-from llmlab.model.layers import Block, InitPlan, build_norm, init_module_, layer_pattern, residual_out_std
+from llmlab.model.layers import (
+    Block,
+    Initialisable,
+    InitPlan,
+    build_norm,
+    embed_norm,
+    final_norm,
+    layer_pattern,
+    residual_out_std,
+    with_std,
+)
 from llmlab.model.masks import AttentionContext, positions_from_documents
 from llmlab.model.transformer import add_positions, embed
 
@@ -61,21 +71,17 @@ class Encoder(nn.Module):
         self.embed_token_types: nn.Embedding | None = (
             nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
         )
-        self.embed_norm = build_norm(config) if config.embed_norm else nn.Identity()
+        self.embed_norm = embed_norm(config)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(
             Block(config, layer_pattern(config, index, causal=False)) for index in range(config.n_layers)
         )
-        self.norm = build_norm(config) if config.norm_placement == "pre" else nn.Identity()
+        self.norm = final_norm(config)
 
     def init_plan(self) -> InitPlan:
         std, out_std = self.config.init_std, residual_out_std(self.config)
-        for table in (self.embed_tokens, self.embed_positions, self.embed_token_types):
-            if table is not None:
-                yield table, std
-        for norm in (self.embed_norm, self.norm):
-            if not isinstance(norm, nn.Identity):
-                yield norm, std
+        yield from with_std(std, self.embed_tokens, self.embed_positions, self.embed_token_types)
+        yield from with_std(std, self.embed_norm, self.norm)
         for layer in self.layers:
             yield from layer.init_plan(std, out_std)
 
@@ -132,7 +138,7 @@ class PreTrainingLogits(NamedTuple):
     nsp_B2: torch.Tensor  # next-sentence logits of each row: 0 = B follows A, 1 = B is random
 
 
-class EncoderForPreTraining(nn.Module):
+class EncoderForPreTraining(Initialisable):
     """`Encoder` with BERT's pre-training heads: masked LM on every position and next-sentence
     prediction from the pooled first token (pooler: dense + tanh, then a 2-way classifier).
 
@@ -155,15 +161,13 @@ class EncoderForPreTraining(nn.Module):
         """Every leaf module with its init std (a tied output matrix is covered by the embedding)."""
         std = self.config.init_std
         yield from self.encoder.init_plan()
-        yield from ((m, std) for m in (self.mlm_head.dense, self.mlm_head.norm, self.pooler, self.nsp_head))
-        if not self.config.tie_embeddings:
-            yield self.mlm_head.output, std
+        yield from with_std(std, self.mlm_head.dense, self.mlm_head.norm, self.pooler, self.nsp_head)
+        yield from with_std(std, None if self.config.tie_embeddings else self.mlm_head.output)
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """(Re)initialise all weights, e.g. after materialising a model built on the meta device."""
-        for module, std in self.init_plan():
-            init_module_(module, std)
+        super().init_weights()
+        # A tied output matrix is initialised as the embedding; its own bias still starts at zero.
         if self.config.tie_embeddings and self.mlm_head.output.bias is not None:
             nn.init.zeros_(self.mlm_head.output.bias)
 

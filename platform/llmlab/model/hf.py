@@ -125,14 +125,22 @@ class LlmlabPreTrainedModel(PreTrainedModel):
     config_class = LlmlabConfig
     base_model_prefix = "model"
     architecture: ClassVar[str]  # the config.architecture this wrapper holds
+    model_class: ClassVar[type[nn.Module]]  # the plain model it wraps
+    input_embeddings: ClassVar[str] = "embed_tokens"  # where in `model` the word embeddings are
+    output_embeddings: ClassVar[str] = "lm_head"  # and the output projection (tied when configured)
     model: nn.Module
 
-    def _check_architecture(self, config: LlmlabConfig) -> None:
+    def __init__(self, config: LlmlabConfig, model: nn.Module | None = None) -> None:
         if config.architecture != self.architecture:
             raise ValueError(
                 f"{type(self).__name__} holds architecture={self.architecture}, but the config has "
                 f"architecture={config.architecture}; use the wrapper of that architecture"
             )
+        super().__init__(config)
+        self.model = model if model is not None else self.model_class(config.to_model_config())
+        if isinstance(self, GenerationMixin) and self.generation_config is not None:
+            self.generation_config.use_cache = False  # no KV cache: see prepare_inputs_for_generation
+        self.post_init()
 
     @classmethod
     def from_model(cls, model: nn.Module, **config_kwargs: Any) -> LlmlabPreTrainedModel:
@@ -141,6 +149,20 @@ class LlmlabPreTrainedModel(PreTrainedModel):
         config = LlmlabConfig.from_model_config(model.config, **config_kwargs)
         with no_init_weights():  # post_init would otherwise re-draw every weight
             return cls(config, model=model)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.get_submodule(self.input_embeddings)
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_submodule(self.input_embeddings, value)
+        if self.config.tie_embeddings:
+            self.get_output_embeddings().weight = value.weight
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.model.get_submodule(self.output_embeddings)
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.model.set_submodule(self.output_embeddings, value)
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
@@ -160,41 +182,18 @@ class LlmlabForCausalLM(LlmlabPreTrainedModel, GenerationMixin):
     """Causal LM head over `Transformer`: loss, generate(), save/from_pretrained, PEFT."""
 
     architecture = "decoder"
+    model_class = Transformer
     _no_split_modules: ClassVar[list[str]] = ["Block"]
     # transformers 5 declares tying as {target: source}; it applies only when the config's
     # tie_word_embeddings is true, and drops the target from saved checkpoints.
     _tied_weights_keys: ClassVar[dict[str, str]] = {"model.lm_head.weight": "model.embed_tokens.weight"}
 
-    def __init__(self, config: LlmlabConfig, model: Transformer | None = None) -> None:
-        self._check_architecture(config)
-        super().__init__(config)
-        self.model = model if model is not None else Transformer(config.to_model_config())
-        if self.generation_config is not None:
-            self.generation_config.use_cache = False
-        self.post_init()
-
     @classmethod
     def from_transformer(cls, model: Transformer) -> LlmlabForCausalLM:
         """Wrap an existing model; its weights are shared, not copied or re-initialised."""
-        config = LlmlabConfig.from_model_config(model.config)
-        with no_init_weights():  # post_init would otherwise re-draw every weight
-            return cls(config, model=model)
+        return cls.from_model(model)
 
     # --- weights -------------------------------------------------------------------------------
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-        if self.config.tie_embeddings:
-            self.model.lm_head.weight = value.weight
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.model.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.model.lm_head = value
 
     # --- forward and generation ----------------------------------------------------------------
 

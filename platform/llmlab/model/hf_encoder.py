@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
 from transformers.modeling_outputs import MaskedLMOutput
 from transformers.utils import ModelOutput
@@ -31,29 +30,12 @@ class _LlmlabEncoderModel(LlmlabPreTrainedModel):
     """The encoder wrappers' common part: the plain model, embeddings, and the forward pass."""
 
     architecture = "encoder"
+    model_class = EncoderForPreTraining
+    input_embeddings = "encoder.embed_tokens"
+    output_embeddings = "mlm_head.output"
     _no_split_modules: ClassVar[list[str]] = ["Block"]
     # transformers 5 declares tying as {target: source}; applied when tie_word_embeddings is true.
     _tied_weights_keys: ClassVar[dict[str, str]] = {"model.mlm_head.output.weight": "model.encoder.embed_tokens.weight"}
-
-    def __init__(self, config: LlmlabConfig, model: EncoderForPreTraining | None = None) -> None:
-        self._check_architecture(config)
-        super().__init__(config)
-        self.model = model if model is not None else EncoderForPreTraining(config.to_model_config())
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.encoder.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.encoder.embed_tokens = value
-        if self.config.tie_embeddings:
-            self.model.mlm_head.output.weight = value.weight
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.model.mlm_head.output
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.model.mlm_head.output = value
 
     def _logits(
         self,

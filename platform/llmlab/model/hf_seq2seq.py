@@ -56,33 +56,13 @@ class LlmlabForSeq2SeqLM(LlmlabPreTrainedModel, GenerationMixin):
     """
 
     architecture = "encoder_decoder"
+    model_class = EncoderDecoder
+    input_embeddings = "encoder.embed_tokens"
     _no_split_modules: ClassVar[list[str]] = ["Block", "DecoderBlock"]
     _tied_weights_keys: ClassVar[dict[str, str]] = {"model.lm_head.weight": "model.encoder.embed_tokens.weight"}
 
-    def __init__(self, config: LlmlabConfig, model: EncoderDecoder | None = None) -> None:
-        self._check_architecture(config)
-        super().__init__(config)
-        self.model = model if model is not None else EncoderDecoder(config.to_model_config())
-        if self.generation_config is not None:
-            self.generation_config.use_cache = False
-        self.post_init()
-
     def get_encoder(self, modality: str | None = None) -> nn.Module:
         return _EncoderForGeneration(self.model)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.encoder.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.encoder.embed_tokens = value
-        if self.config.tie_embeddings:
-            self.model.lm_head.weight = value.weight
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.model.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.model.lm_head = value
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Teacher forcing's decoder inputs: labels shifted right behind decoder_start_token_id.

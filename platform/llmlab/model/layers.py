@@ -42,6 +42,26 @@ def init_module_(module: nn.Module, std: float) -> None:
         raise TypeError(f"no init rule for {type(module).__name__}")
 
 
+def with_std(std: float, *modules: nn.Module | None) -> InitPlan:
+    """(module, std) for each module that has weights to initialise: not None, not an Identity."""
+    for module in modules:
+        if module is not None and not isinstance(module, nn.Identity):
+            yield module, std
+
+
+class Initialisable(nn.Module):
+    """A model whose `init_plan` lists every leaf module with its init std."""
+
+    def init_plan(self) -> InitPlan:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)initialise all weights, e.g. after materialising a model built on the meta device."""
+        for module, std in self.init_plan():
+            init_module_(module, std)
+
+
 # --- rotary position embeddings -------------------------------------------------------------
 
 
@@ -172,6 +192,16 @@ class GeluMLP(nn.Module):
 
     def forward(self, x_BLD: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.gelu(self.up_proj(x_BLD)))
+
+
+def final_norm(config: ModelConfig) -> nn.Module:
+    """The norm after the last block: pre-norm stacks need one; post-norm blocks end normalised."""
+    return build_norm(config) if config.norm_placement == "pre" else nn.Identity()
+
+
+def embed_norm(config: ModelConfig) -> nn.Module:
+    """The norm on the embeddings that BERT and BART have (config.embed_norm), else nothing."""
+    return build_norm(config) if config.embed_norm else nn.Identity()
 
 
 def build_mlp(config: ModelConfig) -> nn.Module:

@@ -8,12 +8,12 @@ refused instead of approximated.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from llmlab.model.config import ModelConfig
+from llmlab.model.hf_import import Importer
 from llmlab.model.transformer import Transformer
 
 if TYPE_CHECKING:
@@ -31,8 +31,8 @@ _KEY_RENAMES: list[tuple[str, str]] = [
 ]
 
 
-def _refuse(what: str) -> ValueError:
-    return ValueError(f"from_hf_llama: {what}; llmlab's Transformer cannot represent it")
+_IMPORTER = Importer("from_hf_llama", Transformer, _KEY_RENAMES)
+_refuse = _IMPORTER.refuse
 
 
 def model_config_from_llama(config: LlamaConfig) -> ModelConfig:
@@ -73,21 +73,8 @@ def model_config_from_llama(config: LlamaConfig) -> ModelConfig:
     )
 
 
-def _rename(key: str) -> str:
-    for pattern, replacement in _KEY_RENAMES:
-        new_key, n = re.subn(pattern, replacement, key)
-        if n:
-            return new_key
-    raise _refuse(f"unexpected weight {key!r}")
-
-
 @torch.no_grad()
 def from_hf_llama(model: LlamaForCausalLM) -> Transformer:
     """A new `Transformer` computing the same logits as `model`, on its device and dtype."""
-    config = model_config_from_llama(model.config)
-    weight = model.get_input_embeddings().weight
-    ours = Transformer(config).to(device=weight.device, dtype=weight.dtype)
-    state = {_rename(key): tensor for key, tensor in model.state_dict().items()}
-    # strict: every one of our weights must come from the checkpoint, and nothing may be left.
-    ours.load_state_dict(state, strict=True)
-    return ours
+    state = {_IMPORTER.rename(key): tensor for key, tensor in model.state_dict().items()}
+    return _IMPORTER.load(model_config_from_llama(model.config), state, like=model.get_input_embeddings().weight)

@@ -20,13 +20,16 @@ from llmlab.model.encoder import Encoder, check_vocab_size
 from llmlab.model.layers import (
     Attention,
     Block,
+    Initialisable,
     InitPlan,
     Rope,
     build_norm,
-    init_module_,
+    embed_norm,
+    final_norm,
     layer_pattern,
     residual,
     residual_out_std,
+    with_std,
 )
 from llmlab.model.masks import AttentionContext, AttentionPattern, positions_from_documents
 from llmlab.model.transformer import add_positions, embed
@@ -75,20 +78,16 @@ class Decoder(nn.Module):
         self.embed_positions: nn.Embedding | None = (
             nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
         )
-        self.embed_norm = build_norm(config) if config.embed_norm else nn.Identity()
+        self.embed_norm = embed_norm(config)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(
             DecoderBlock(config, layer_pattern(config, index)) for index in range(config.decoder_layers)
         )
-        self.norm = build_norm(config) if config.norm_placement == "pre" else nn.Identity()
+        self.norm = final_norm(config)
 
     def init_plan(self) -> InitPlan:
         std, out_std = self.config.init_std, residual_out_std(self.config)
-        if self.embed_positions is not None:
-            yield self.embed_positions, std
-        for norm in (self.embed_norm, self.norm):
-            if not isinstance(norm, nn.Identity):
-                yield norm, std
+        yield from with_std(std, self.embed_positions, self.embed_norm, self.norm)
         for layer in self.layers:
             yield from layer.init_plan(std, out_std)
 
@@ -107,7 +106,7 @@ class Decoder(nn.Module):
         return self.norm(x_BTD)
 
 
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(Initialisable):
     """Sequence-to-sequence model: logits [B, T, V] of the target given the source.
 
     `encoder.embed_tokens` is the one embedding table (also reachable as `embed_tokens`): the
@@ -134,14 +133,7 @@ class EncoderDecoder(nn.Module):
         """Every leaf module with its init std (a tied head is covered by the embedding)."""
         yield from self.encoder.init_plan()
         yield from self.decoder.init_plan()
-        if not self.config.tie_embeddings:
-            yield self.lm_head, self.config.init_std
-
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """(Re)initialise all weights, e.g. after materialising a model built on the meta device."""
-        for module, std in self.init_plan():
-            init_module_(module, std)
+        yield from with_std(self.config.init_std, None if self.config.tie_embeddings else self.lm_head)
 
     def encode(
         self,

@@ -10,13 +10,14 @@ from torch import nn
 from llmlab.model.config import ModelConfig
 from llmlab.model.layers import (
     Block,
+    Initialisable,
     InitPlan,
     Rope,
-    build_norm,
-    init_module_,
+    final_norm,
     layer_pattern,
     residual_out_std,
     rope_cos_sin,
+    with_std,
 )
 from llmlab.model.masks import AttentionContext, positions_from_documents
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from llmlab.model.seq2seq import EncoderDecoder
 
 
-class Transformer(nn.Module):
+class Transformer(Initialisable):
     """Decoder-only language model returning logits [B, L, V] in the compute dtype.
 
     Attribute names are an interface: `embed_tokens` is defined before the vocab-sized `lm_head`
@@ -53,8 +54,7 @@ class Transformer(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config, layer_pattern(config, index)) for index in range(config.n_layers))
-        # Post-norm blocks end normalised already; a final norm is part of pre-norm only.
-        self.norm = build_norm(config) if config.norm_placement == "pre" else nn.Identity()
+        self.norm = final_norm(config)
         # No bias on the head even when config.bias: a tied head shares only the matrix.
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -64,21 +64,10 @@ class Transformer(nn.Module):
     def init_plan(self) -> InitPlan:
         """Every leaf module with its init std (a tied head is covered by the embedding)."""
         std, out_std = self.config.init_std, residual_out_std(self.config)
-        yield self.embed_tokens, std
-        if self.embed_positions is not None:
-            yield self.embed_positions, std
+        yield from with_std(std, self.embed_tokens, self.embed_positions)
         for layer in self.layers:
             yield from layer.init_plan(std, out_std)
-        if not isinstance(self.norm, nn.Identity):
-            yield self.norm, std
-        if not self.config.tie_embeddings:
-            yield self.lm_head, std
-
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """(Re)initialise all weights, e.g. after materialising a model built on the meta device."""
-        for module, std in self.init_plan():
-            init_module_(module, std)
+        yield from with_std(std, self.norm, None if self.config.tie_embeddings else self.lm_head)
 
     def forward(
         self,
