@@ -64,6 +64,10 @@ class ClusterConfig(_Section):
     )
 
 
+# Model keys that, when left out, follow objective.type.
+FOLLOW_OBJECTIVE = ("architecture", "type_vocab_size")
+
+
 class ExperimentConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Corpus and tokenization.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The transformer.")
@@ -79,8 +83,8 @@ class ExperimentConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="The Ray cluster.")
 
-    # Model keys left out of the file that were derived from the objective (see _follow_objective);
-    # `to_raw` leaves them out again, so a sweep that changes objective.type derives them afresh.
+    # Model keys of FOLLOW_OBJECTIVE left out of the file (see _follow_objective); `to_raw` leaves
+    # them out again, so a sweep that changes objective.type derives them afresh.
     _derived: tuple[str, ...] = PrivateAttr(default=())
 
     @model_validator(mode="wrap")
@@ -90,6 +94,7 @@ class ExperimentConfig(_Section):
         mlm/nsp, encoder_decoder for BART's noising); model.type_vocab_size, when left out, is 2
         (segments A and B) for nsp. An explicit value is kept, and checked by _sections_agree."""
         derived: dict[str, Any] = {}
+        left_out: list[str] = []
         if isinstance(raw, dict):
             objective = raw.get("objective") or {}
             names = objective.get("type", ["clm"]) if isinstance(objective, dict) else ["clm"]
@@ -97,14 +102,14 @@ class ExperimentConfig(_Section):
             # An unknown name is left to objective.type's own validation, which names the problem.
             if isinstance(names, list) and names and all(isinstance(n, str) and n in ARCHITECTURE for n in names):
                 model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
-                if model.get("architecture") is None:
+                left_out = [key for key in FOLLOW_OBJECTIVE if model.get(key) is None]
+                if "architecture" in left_out:
                     derived["architecture"] = ARCHITECTURE[names[0]]
-                if model.get("type_vocab_size") is None and "nsp" in names:
+                if "type_vocab_size" in left_out and "nsp" in names:
                     derived["type_vocab_size"] = 2
-                if derived:
-                    raw = {**raw, "model": {**model, **derived}}
+                raw = {**raw, "model": {**model, **derived}} if derived else raw
         exp = handler(raw)
-        exp._derived = tuple(sorted(derived))
+        exp._derived = tuple(left_out)
         return exp
 
     def to_raw(self) -> dict[str, Any]:

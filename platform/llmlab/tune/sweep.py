@@ -100,9 +100,7 @@ def _listed_data_settings(exp: ExperimentConfig) -> list[tuple[DataConfig, Objec
     return list(settings.values())
 
 
-def _prepare(
-    data: DataConfig, objective: ObjectiveConfig, storage: str, name: str, say: Callable[[str], None]
-) -> None:
+def _prepare(data: DataConfig, objective: ObjectiveConfig, storage: str, name: str, say: Callable[[str], None]) -> None:
     def show(report_name: str, report: dict[str, Any]) -> None:
         numbers = flatten_numbers(report)
         say(f"[{name}] {report_name}: " + ", ".join(f"{key} {value:g}" for key, value in numbers.items()))
