@@ -330,8 +330,6 @@ def test_an_objective_that_does_not_fit_the_model_is_one_line_before_any_run(tmp
         "error: objective.type: mlm trains an encoder model, but model.architecture=decoder; "
         "set model.architecture=encoder (or leave it out)"
     )
-    result = llmlab(tmp_path, "run", str(QUICKSTART), "objective.type=infilling", "model.architecture=encoder")
-    assert result.returncode == 2 and result.stderr.strip().startswith("error: objective.type: infilling trains an ")
     assert not (tmp_path / "mlflow.db").exists()
 
 
