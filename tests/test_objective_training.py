@@ -211,10 +211,27 @@ def test_architecture_follows_the_objective_unless_set() -> None:
     assert validate_experiment(exp.model_dump(mode="json")).model.architecture == "encoder"
     assert validate_experiment({"objective": {"type": "infilling"}}).model.architecture == "encoder_decoder"
     assert validate_experiment({}).model.architecture == "decoder"
+
+
+@pytest.mark.parametrize(
+    ("objective", "model", "path", "words"),
+    [
+        (
+            "mlm",
+            {"architecture": "decoder"},
+            "objective.type",
+            "mlm trains an encoder model, but model.architecture=decoder",
+        ),
+        ("infilling", {"architecture": "encoder"}, "objective.type", "set model.architecture=encoder_decoder"),
+        ("clm", {"architecture": "encoder_decoder"}, "objective.type", "clm trains a decoder model"),
+        ("nsp", {"type_vocab_size": 0}, "model.type_vocab_size", "nsp needs segment embeddings"),
+    ],
+)
+def test_an_objective_that_does_not_fit_the_model_is_one_error(objective, model, path, words) -> None:
     with pytest.raises(ConfigError) as caught:
-        validate_experiment({"objective": {"type": "mlm"}, "model": {"architecture": "decoder"}})
-    assert caught.value.path == "objective.type"
-    assert "mlm trains an encoder model, but model.architecture=decoder" in caught.value.problem
+        validate_experiment({"objective": {"type": objective}, "model": model})
+    assert caught.value.path == path and words in caught.value.problem
+    assert "\n" not in str(caught.value)
 
 
 def test_objectives_ablation_sweeps_one_model_per_objective() -> None:
