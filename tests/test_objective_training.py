@@ -3,6 +3,7 @@ against a reference (cross-entropy by hand, and the Hugging Face wrappers' own l
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -246,3 +247,12 @@ def test_objectives_ablation_sweeps_one_model_per_objective() -> None:
     assert len(types) == 7
     architectures = [trial_experiment(exp.to_raw(), {"objective.type": t}).model.architecture for t in types]
     assert architectures == ["decoder", "encoder", "encoder", *["encoder_decoder"] * 4]
+
+
+def test_the_objective_is_part_of_the_shard_cache_key() -> None:
+    from llmlab.data.config import DataConfig, shard_key
+
+    data = DataConfig()
+    assert shard_key(data, ObjectiveConfig()) == shard_key(data) == data.shard_settings()  # clm: shards as before
+    mlm, reseeded = shard_key(data, ObjectiveConfig(type="mlm")), shard_key(data, ObjectiveConfig(type="mlm", seed=1))
+    assert len({json.dumps(k, sort_keys=True) for k in (shard_key(data), mlm, reseeded)}) == 3
