@@ -321,3 +321,46 @@ def test_an_ablation_runs_unpadded_with_alternating_sparse_layers(cli_env: dict[
     assert run.data.params["model.attention.pattern"] == "['dense', 'local']"
     heldout = client.get_metric_history(run.info.run_id, "eval_loss")
     assert len(heldout) == 2 and all(0 < m.value < 10 for m in heldout)
+
+
+def test_an_objective_that_does_not_fit_the_model_is_one_line_before_any_run(tmp_path: Path) -> None:
+    result = llmlab(tmp_path, "run", str(QUICKSTART), "objective.type=mlm", "model.architecture=decoder")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: objective.type: mlm trains an encoder model, but model.architecture=decoder; "
+        "set model.architecture=encoder (or leave it out)"
+    )
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_objectives_ablation_runs_bert_pretraining(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """The objectives ablation's file through `llmlab run` with mlm + nsp: the masked, paired rows
+    are made by the Ray Data shard writer, the encoder trains on BERT's joint loss, logged to MLflow,
+    and the model is exported as LlmlabForPreTraining."""
+    overrides = [
+        "objective.type=[mlm, nsp]",
+        "data.seq_len=32",
+        "data.demo_docs_per_domain=150",
+        "model.d_model=32",
+        "train.max_steps=8",
+        "train.warmup_steps=2",
+        "train.eval_every=4",
+        "train.checkpoint_every=8",
+        "tracking.run_name=bert",
+    ]
+    experiment = REPO / "experiments" / "ablations" / "objectives.yaml"
+    result = llmlab(tmp_path, "run", str(experiment), *overrides, env=cli_env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "mlm+nsp examples of up to 32 tokens" in result.stdout
+    client = store_client(tmp_path)
+    run = only_run(client, "ablation-objectives", "bert")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["objective.type"] == "['mlm', 'nsp']"
+    assert run.data.params["model.architecture"] == "encoder" and run.data.params["model.type_vocab_size"] == "2"
+    losses = loss_by_step(client, run.info.run_id)
+    assert sorted(losses) == list(range(1, 9)) and all(0 < v[0] < 12 for v in losses.values())
+    heldout = client.get_metric_history(run.info.run_id, "eval_loss")
+    assert len(heldout) == 2 and all(0 < m.value < 12 for m in heldout)
+    exported = client.download_artifacts(run.info.run_id, "model/config.json", str(tmp_path))
+    config = json.loads(Path(exported).read_text())
+    assert config["architectures"] == ["LlmlabForPreTraining"]

@@ -389,7 +389,7 @@ def test_config_defaults_and_canonical_type():
         ({"type": ["mlm", "mlm"]}, "type", "mlm more than once"),
         ({"type": ["mlm", "infilling"]}, "type", "choose one family"),
         ({"type": ["clm", "nsp"]}, "type", "choose one family"),
-        ({"type": "clm", "infilling": {"mask_ratio": 0.3}}, "infilling", "type does not include infilling"),
+        ({"type": "clm", "infilling": {"mask_ratio": 0.4}}, "infilling", "type does not include infilling"),
         ({"type": "mlm", "objective": "mlm"}, "objective", "unknown key"),
     ],
 )

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from llmlab.data.config import DataConfig
+from llmlab.data.objectives.config import ARCHITECTURE, ObjectiveConfig
 from llmlab.model.config import ModelConfig
 from llmlab.tracking.config import TrackingConfig
 from llmlab.train.config import TrainConfig
@@ -31,10 +32,6 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ObjectiveConfig(_Section):
-    type: Literal["clm"] = Field("clm", description="Pre-training objective; clm = next-token prediction.")
 
 
 class ParallelConfig(_Section):
@@ -67,10 +64,17 @@ class ClusterConfig(_Section):
     )
 
 
+# Model keys that, when left out, follow objective.type.
+FOLLOW_OBJECTIVE = ("architecture", "type_vocab_size")
+
+
 class ExperimentConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Corpus and tokenization.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The transformer.")
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig, description="Training objective.")
+    objective: ObjectiveConfig = Field(
+        default_factory=ObjectiveConfig,
+        description="Pre-training objective(s): clm; mlm, nsp; BART's noising functions (see README).",
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation and workers.")
     parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="Parallelism.")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="PEFT fine-tuning.")
@@ -78,6 +82,43 @@ class ExperimentConfig(_Section):
     sweep: SweepConfig = Field(default_factory=SweepConfig, description="Ray Tune sweeps.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="The Ray cluster.")
+
+    # Model keys of FOLLOW_OBJECTIVE left out of the file (see _follow_objective); `to_raw` leaves
+    # them out again, so a sweep that changes objective.type derives them afresh.
+    _derived: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _follow_objective(cls, raw: Any, handler: Any) -> ExperimentConfig:
+        """model.architecture, when left out, is the objective's (decoder for clm, encoder for
+        mlm/nsp, encoder_decoder for BART's noising); model.type_vocab_size, when left out, is 2
+        (segments A and B) for nsp. An explicit value is kept, and checked by _sections_agree."""
+        derived: dict[str, Any] = {}
+        left_out: list[str] = []
+        if isinstance(raw, dict):
+            objective = raw.get("objective") or {}
+            names = objective.get("type", ["clm"]) if isinstance(objective, dict) else ["clm"]
+            names = [names] if isinstance(names, str) else names
+            # An unknown name is left to objective.type's own validation, which names the problem.
+            if isinstance(names, list) and names and all(isinstance(n, str) and n in ARCHITECTURE for n in names):
+                model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+                left_out = [key for key in FOLLOW_OBJECTIVE if model.get(key) is None]
+                if "architecture" in left_out:
+                    derived["architecture"] = ARCHITECTURE[names[0]]
+                if "type_vocab_size" in left_out and "nsp" in names:
+                    derived["type_vocab_size"] = 2
+                raw = {**raw, "model": {**model, **derived}} if derived else raw
+        exp = handler(raw)
+        exp._derived = tuple(left_out)
+        return exp
+
+    def to_raw(self) -> dict[str, Any]:
+        """The config as plain data, without the model keys derived from the objective: the base a
+        sweep's trials (which may change objective.type) are built from."""
+        raw = self.model_dump(mode="json")
+        for key in self._derived:
+            raw["model"].pop(key, None)
+        return raw
 
     @model_validator(mode="after")
     def _sections_agree(self) -> ExperimentConfig:
@@ -87,19 +128,32 @@ class ExperimentConfig(_Section):
                 f"data.seq_len: exceeds model.max_seq_len ({self.model.max_seq_len}), the longest sequence "
                 f"the model accepts (got {self.data.seq_len}); raise model.max_seq_len"
             )
-        if self.model.architecture != "decoder":
-            # Encoders and encoder-decoders train on corrupted inputs (MLM, NSP, infilling, ...),
-            # which objective.type does not offer yet; clm trains decoders only.
+        objective = self.objective
+        if objective.architecture != self.model.architecture:
+            names, wanted = ", ".join(objective.type), objective.architecture
             raise ValueError(
-                f"model.architecture: {self.model.architecture} needs an encoder objective (MLM, NSP, "
-                f"infilling), and objective.type={self.objective.type} trains decoders only; use "
-                "architecture=decoder"
+                f"objective.type: {names} trains {_article(wanted)} {wanted} model, but model.architecture="
+                f"{self.model.architecture}; set model.architecture={wanted} (or leave it out)"
+            )
+        if "nsp" in objective.type and self.model.type_vocab_size < 2:
+            raise ValueError(
+                f"model.type_vocab_size: nsp needs segment embeddings for sentences A and B (got "
+                f"{self.model.type_vocab_size}); set it to 2 (or leave it out)"
+            )
+        if objective.architecture != "decoder" and self.data.packing == "documents" and objective.type != ["mlm"]:
+            raise ValueError(
+                f"data.packing: documents packs documents end to end, but {', '.join(objective.type)} "
+                "trains on one example per row; use concat (the default) or padded"
             )
         try:
             self.train.check_batch_layout(dp_size=self.train.num_workers)
         except ValueError as err:
             raise ValueError(f"train.batch_size: {err}") from None
         return self
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -22,6 +22,7 @@ from llmlab.config import ConfigError, ExperimentConfig, flatten, to_yaml
 from llmlab.data.config import DataConfig
 from llmlab.data.corpus import cache_key, source_fingerprint
 from llmlab.data.demo import DOMAINS as DEMO_DOMAINS
+from llmlab.data.objectives import ObjectiveConfig
 from llmlab.data.pipeline import DocumentSplits, heldout_manifests, load_splits, prepare_token_shards
 from llmlab.data.shards import Manifest
 from llmlab.data.sources import expand_paths
@@ -81,6 +82,14 @@ def describe_heldout(data: DataConfig, heldout: dict[str, str]) -> str:
     return line
 
 
+def _rows_of(exp: ExperimentConfig) -> str:
+    """What one training row holds, for the data line."""
+    names = "+".join(exp.objective.type)
+    if exp.objective.type == ["clm"]:
+        return f"sequences of {exp.data.seq_len} tokens"
+    return f"{names} examples of up to {exp.data.seq_len} tokens"
+
+
 def check_data_inputs(data: DataConfig) -> None:
     """Missing corpus files or a broken tokenizer are user errors: catch them before any run starts."""
     for index, source in enumerate(data.sources):
@@ -105,12 +114,16 @@ class PreparedData:
 
 
 def prepare_data(
-    data: DataConfig, storage: str, on_report: Callable[[str, dict[str, Any]], None] | None = None
+    data: DataConfig,
+    storage: str,
+    on_report: Callable[[str, dict[str, Any]], None] | None = None,
+    objective: ObjectiveConfig | None = None,
 ) -> PreparedData:
-    """Token shards of `data` under `storage`, shared by every run with the same data settings and
-    files: built once (calling `on_report` with the validation and dedup reports), reused after."""
+    """Token shards of `data` (rows of `objective`, default clm) under `storage`, shared by every run
+    with the same data settings, objective and files: built once (calling `on_report` with the
+    validation and dedup reports), reused after."""
     fingerprint = source_fingerprint(data)
-    data_dir = f"{storage}/_tokenized/{cache_key(data, fingerprint)}"
+    data_dir = f"{storage}/_tokenized/{cache_key(data, fingerprint, objective)}"
     built = False
 
     def documents() -> DocumentSplits:
@@ -118,7 +131,9 @@ def prepare_data(
         built = True
         return load_splits(data, on_report=on_report)
 
-    tokenizer, manifest = prepare_token_shards(data, data_dir, documents=documents, fingerprint=fingerprint)
+    tokenizer, manifest = prepare_token_shards(
+        data, data_dir, documents=documents, fingerprint=fingerprint, objective=objective
+    )
     manifest_uri = f"{data_dir}/manifest.json"
     return PreparedData(tokenizer, manifest, manifest_uri, heldout_manifests(manifest_uri), built)
 
@@ -195,7 +210,7 @@ def _train_and_log(
         numbers = log_report(client, run_id, name, report, prefix="data.")
         say(f"[{run_name}] {name}: " + ", ".join(f"{key} {value:g}" for key, value in numbers.items()))
 
-    data = prepare_data(exp.data, storage, on_report=log_data_report)
+    data = prepare_data(exp.data, storage, on_report=log_data_report, objective=exp.objective)
     client.set_tag(run_id, "llmlab.data_dir", data.manifest_uri.rsplit("/", 1)[0])
     if not data.built:  # the reports of the build that made these shards belong to this run too
         for name, report in data.manifest.reports.items():
@@ -225,7 +240,7 @@ def _train_and_log(
     if exp.data.heldout_fraction > 0:
         say(f"[{run_name}] {describe_heldout(exp.data, heldout)}")
     say(
-        f"[{run_name}] data: {manifest.num_sequences} sequences of {exp.data.seq_len} tokens; "
+        f"[{run_name}] data: {manifest.num_sequences} {_rows_of(exp)}; "
         f"training on {exp.train.num_workers} {'GPU' if use_gpu else 'CPU'} workers"
     )
 

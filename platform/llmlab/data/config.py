@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from llmlab.data.dedup.config import DedupConfig
 from llmlab.data.demo import DOMAINS as DEMO_DOMAINS
 from llmlab.data.mixture.config import MixtureConfig
+from llmlab.data.objectives.config import ObjectiveConfig
 
 
 def _absolute_path(path: str) -> str:
@@ -167,3 +168,12 @@ class DataConfig(BaseModel):
                 f"(must be below {1 / k:.4g})"
             )
         return self
+
+
+def shard_key(cfg: DataConfig, objective: ObjectiveConfig | None = None) -> dict:
+    """What decides a build of token shards: the data settings and, unless it is clm (whose rows
+    are the plain packed tokens), the objective, whose transforms run while the shards are written."""
+    settings = cfg.shard_settings()
+    if objective is not None and objective.type != ["clm"]:
+        settings["objective"] = objective.model_dump(mode="json")
+    return settings

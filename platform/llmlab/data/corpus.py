@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
 
-from llmlab.data.config import DataConfig
+from llmlab.data.config import DataConfig, shard_key
+from llmlab.data.objectives.config import ObjectiveConfig
 from llmlab.data.shards import resolve
 from llmlab.data.sources import ValidationReport, expand_paths, read_corpus
 
@@ -104,8 +105,8 @@ def source_fingerprint(cfg: DataConfig) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def cache_key(cfg: DataConfig, fingerprint: str) -> str:
-    """Names the folder of a corpus's token shards: runs with the same data settings and source
-    files share one (the manifest inside still checks config, files and tokenizer before reuse)."""
-    payload = json.dumps([cfg.shard_settings(), fingerprint], sort_keys=True).encode("utf-8")
+def cache_key(cfg: DataConfig, fingerprint: str, objective: ObjectiveConfig | None = None) -> str:
+    """Names the folder of a corpus's token shards: runs with the same data settings, objective and
+    source files share one (the manifest inside still checks config, files and tokenizer before reuse)."""
+    payload = json.dumps([shard_key(cfg, objective), fingerprint], sort_keys=True).encode("utf-8")
     return hashlib.sha256(payload).hexdigest()[:16]

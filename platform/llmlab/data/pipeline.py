@@ -1,7 +1,10 @@
 """Corpus -> tokenizer -> packed token shards, with the tokenization done by Ray Data tasks.
 
 Each `map_batches` task tokenizes a batch of documents, appends EOS to every document, packs the
-tokens end to end into rows of exactly ``seq_len + 1`` and writes them as one shard file. Only a
+tokens end to end into rows of exactly ``seq_len + 1`` and writes them as one shard file. For
+another objective than clm the task also applies its transforms (masking, sentence pairs, BART's
+noising) and writes that objective's rows (see `data.objectives.rows`): the corruption is data,
+made once here, not in the training step. Only a
 small metadata row per shard comes back to the driver, so the token data never passes through it.
 """
 
@@ -21,8 +24,10 @@ import ray
 import ray.data
 from tokenizers import Tokenizer
 
-from llmlab.data.config import DataConfig
+from llmlab.data.config import DataConfig, shard_key
 from llmlab.data.corpus import load_corpus
+from llmlab.data.objectives import ObjectiveConfig, Vocab
+from llmlab.data.objectives.rows import document_key, objective_rows, row_layout, row_width
 from llmlab.data.packing import pack, pack_padded
 from llmlab.data.shards import (
     MANIFEST_NAME,
@@ -50,14 +55,35 @@ def _tokenizer_from_json(tokenizer_json: str) -> Tokenizer:
     return Tokenizer.from_str(tokenizer_json)
 
 
+@lru_cache(maxsize=4)
+def _vocab_from_json(tokenizer_json: str) -> Vocab:
+    return Vocab.from_tokenizer(_tokenizer_from_json(tokenizer_json))
+
+
 def _tokenize_and_write(
-    batch: dict[str, np.ndarray], *, tokenizer_json: str, seq_len: int, out_dir: str, dtype: str, padded: bool
+    batch: dict[str, np.ndarray],
+    *,
+    tokenizer_json: str,
+    seq_len: int,
+    out_dir: str,
+    dtype: str,
+    padded: bool,
+    objective: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     tok = _tokenizer_from_json(tokenizer_json)
     texts = [str(t) for t in batch["text"]]
     encodings = tok.encode_batch(texts, add_special_tokens=False)
     token_lists = [e.ids for e in encodings]
-    if padded:
+    if objective is not None:  # a corrupted objective: its transforms run here, in the Ray Data task
+        rows, n_in = objective_rows(
+            token_lists,
+            [document_key(t) for t in texts],
+            ObjectiveConfig.model_validate(objective),
+            _vocab_from_json(tokenizer_json),
+            seq_len,
+            padded,
+        )
+    elif padded:
         rows, n_in = pack_padded(token_lists, eos_id(tok), pad_id(tok), seq_len + 1)
     else:
         rows, n_in = pack(token_lists, eos_id(tok), seq_len + 1)
@@ -83,7 +109,9 @@ def _texts(ds: ray.data.Dataset, limit: int):
         yield from (str(t) for t in batch["text"])
 
 
-def _reusable(out_dir: str, cfg: DataConfig, tokenizer: Tokenizer | None, fingerprint: str) -> Manifest | None:
+def _reusable(
+    out_dir: str, cfg: DataConfig, tokenizer: Tokenizer | None, fingerprint: str, objective: ObjectiveConfig | None
+) -> Manifest | None:
     """The manifest in `out_dir` if it was built from this config, these files (and this tokenizer)."""
     try:
         manifest = Manifest.load(join(out_dir, MANIFEST_NAME))
@@ -91,7 +119,7 @@ def _reusable(out_dir: str, cfg: DataConfig, tokenizer: Tokenizer | None, finger
         return None
     if manifest.version != MANIFEST_VERSION:
         return None
-    if manifest.config != cfg.shard_settings() or manifest.source_fingerprint != fingerprint:
+    if manifest.config != shard_key(cfg, objective) or manifest.source_fingerprint != fingerprint:
         return None
     if tokenizer is not None and manifest.tokenizer_sha256 != _sha256(tokenizer.to_str()):
         return None
@@ -134,6 +162,7 @@ def prepare_token_shards(
     documents: Callable[[], DocumentSplits] | None = None,
     fingerprint: str = "",
     batch_docs: int = BATCH_DOCS,
+    objective: ObjectiveConfig | None = None,
 ) -> tuple[Tokenizer, Manifest]:
     """Build (or reuse) the token shards of `cfg` under `out_dir` (local path or URI).
 
@@ -144,13 +173,16 @@ def prepare_token_shards(
     the reuse check. `fingerprint` identifies the source files (see `corpus.source_fingerprint`):
     changed files invalidate the shards even under the same config. `documents` gives the
     documents (default: `load_splits(cfg)`), and is called only when shards are built.
+    `objective` (default clm) decides the rows' layout and is part of the reuse check.
     """
     if "://" not in out_dir:
         out_dir = os.path.abspath(out_dir)  # tasks may run in other working directories
     if tokenizer is None and cfg.tokenizer is not None:
         tokenizer = load_tokenizer(cfg.tokenizer)
 
-    manifest = _reusable(out_dir, cfg, tokenizer, fingerprint)
+    if objective is not None and objective.type == ["clm"]:
+        objective = None  # clm's rows are the plain packed tokens
+    manifest = _reusable(out_dir, cfg, tokenizer, fingerprint, objective)
     if manifest is not None:
         return tokenizer or _load_saved_tokenizer(out_dir), manifest
 
@@ -166,7 +198,7 @@ def prepare_token_shards(
     with fs.open_output_stream(join(root, TOKENIZER_NAME)) as f:
         f.write(tokenizer_json.encode("utf-8"))
 
-    writer = _ShardWriter(cfg, tokenizer_json, tokenizer.get_vocab_size(), fingerprint, batch_docs)
+    writer = _ShardWriter(cfg, tokenizer_json, tokenizer.get_vocab_size(), fingerprint, batch_docs, objective)
     heldout: dict[str, str] = {}
     if splits.heldout is not None:
         for domain in sorted(splits.heldout.unique("domain")):
@@ -181,7 +213,7 @@ def prepare_token_shards(
     manifest.reports = splits.reports
     if manifest.num_sequences == 0:
         raise ValueError(
-            f"the corpus gave no sequence of seq_len+1={cfg.seq_len + 1} tokens "
+            f"the corpus gave no training row (seq_len+1={cfg.seq_len + 1} tokens for clm) "
             f"({manifest.input_tokens} tokens from {manifest.num_docs} documents)"
         )
     manifest.save(join(out_dir, MANIFEST_NAME))
@@ -241,9 +273,11 @@ class _ShardWriter:
     vocab_size: int
     fingerprint: str
     batch_docs: int
+    objective: ObjectiveConfig | None = None  # None: clm
 
     def write(self, texts: ray.data.Dataset, out_dir: str) -> Manifest:
-        dtype = dtype_for_vocab(self.vocab_size)
+        # Labels hold IGNORE_INDEX (-100), which needs a signed dtype.
+        dtype = dtype_for_vocab(self.vocab_size) if self.objective is None else "int32"
         fs, root = resolve(out_dir)
         fs.create_dir(root, recursive=True)
         meta = texts.map_batches(
@@ -256,14 +290,25 @@ class _ShardWriter:
                 "out_dir": out_dir,
                 "dtype": dtype,
                 "padded": self.cfg.packing == "padded",
+                "objective": None if self.objective is None else self.objective.model_dump(mode="json"),
             },
         ).take_all()
-        manifest = _build_manifest(meta, self.cfg, self.vocab_size, dtype, _sha256(self.tokenizer_json))
+        manifest = _build_manifest(
+            meta, self.cfg, self.vocab_size, dtype, _sha256(self.tokenizer_json), self.objective or ObjectiveConfig()
+        )
         manifest.source_fingerprint = self.fingerprint
         return manifest
 
 
-def _build_manifest(meta: list[dict[str, Any]], cfg: DataConfig, vocab_size: int, dtype: str, tok_sha: str) -> Manifest:
+def _build_manifest(
+    meta: list[dict[str, Any]],
+    cfg: DataConfig,
+    vocab_size: int,
+    dtype: str,
+    tok_sha: str,
+    objective: ObjectiveConfig,
+) -> Manifest:
+    layout = row_layout(objective, cfg.seq_len)
     shards = []
     first_doc = 0
     for m in meta:
@@ -287,6 +332,8 @@ def _build_manifest(meta: list[dict[str, Any]], cfg: DataConfig, vocab_size: int
         total_tokens=sum(s.tokens for s in shards),
         input_tokens=sum(int(m["input_tokens"]) for m in meta),
         shards=shards,
-        config=cfg.shard_settings(),
+        config=shard_key(cfg, objective),
         tokenizer_sha256=tok_sha,
+        layout={name: list(place) for name, place in layout.items()},
+        row_len=row_width(layout),
     )

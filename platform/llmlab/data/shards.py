@@ -1,7 +1,9 @@
 """Token shards on disk or object storage: the manifest that lists them and random row access.
 
-A shard is a flat binary file of ``(sequences, seq_len + 1)`` token ids, row-major, in the
-manifest's dtype. Row ``r`` gives the input ``r[:-1]`` and the target ``r[1:]``. No Ray here:
+A shard is a flat binary file of ``(sequences, row_len)`` integers, row-major, in the manifest's
+dtype. For clm a row is ``seq_len + 1`` token ids: the input ``r[:-1]`` and the target ``r[1:]``;
+other objectives lay several fields side by side, as the manifest's `layout` says
+(see `data.objectives.rows`). No Ray here:
 Ray Train workers and a plain torch loop both read shards through `TokenShards`.
 """
 
@@ -45,7 +47,7 @@ class ShardInfo:
     sequences: int
     first_doc: int  # index in corpus order of the first document packed into this shard
     docs: int  # documents of the batch this shard was packed from (the last may be cut off)
-    tokens: int  # tokens stored = sequences * (seq_len + 1)
+    tokens: int  # integers stored = sequences * row_len
     domain: str = ""  # every sequence of a shard comes from this one domain (data mixing draws by domain)
 
 
@@ -66,6 +68,8 @@ class Manifest:
     source_fingerprint: str = ""  # of the source files (names, sizes, modification times)
     heldout: dict[str, str] = field(default_factory=dict)  # domain -> folder of its held-out shards
     reports: dict[str, Any] = field(default_factory=dict)  # validation/dedup reports of the build, by name
+    layout: dict[str, list[int]] = field(default_factory=dict)  # field -> [offset, width]; {}: clm's tokens
+    row_len: int = 0  # integers per row; 0: seq_len + 1 (clm)
     version: int = MANIFEST_VERSION
 
     @classmethod
@@ -115,7 +119,7 @@ class TokenShards:
         self._base = manifest_uri.rsplit("/", 1)[0]  # shard names are relative to this folder
         self.manifest = Manifest.load(self.manifest_uri)
         self.seq_len = self.manifest.seq_len
-        self.row_len = self.seq_len + 1
+        self.row_len = self.manifest.row_len or self.seq_len + 1
         self.dtype = np.dtype(self.manifest.dtype)
         counts = np.array([s.sequences for s in self.manifest.shards], dtype=np.int64)
         self._ends = np.cumsum(counts)  # row i lives in the first shard whose end exceeds i
@@ -154,7 +158,7 @@ class TokenShards:
         return self._handles
 
     def get(self, indices: np.ndarray) -> np.ndarray:
-        """Rows at global `indices`, as int64 of shape (len(indices), seq_len + 1)."""
+        """Rows at global `indices`, as int64 of shape (len(indices), row_len)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(self)
         if idx.size and (idx.min() < 0 or idx.max() >= n):

@@ -14,7 +14,8 @@ import torch.distributed as dist
 from torch import nn
 
 from llmlab.data.shards import TokenShards
-from llmlab.train.loop import resolve_precision, token_losses
+from llmlab.train.loop import resolve_precision
+from llmlab.train.objectives import Clm, Objective
 from llmlab.train.rows import CONCAT, RowFormat
 
 OVERALL = "eval_loss"
@@ -36,26 +37,35 @@ def evaluate(
     device: torch.device,
     precision: str = "auto",
     row_format: RowFormat = CONCAT,
+    objective: Objective | None = None,
 ) -> dict[str, float]:
-    """{"eval_loss": mean next-token loss over every scored held-out token, "eval_loss/<domain>": per domain}."""
+    """{"eval_loss": the objective's loss over every scored held-out unit, "eval_loss/<domain>": per
+    domain}. For clm (the default, on rows laid out as `row_format` says) the mean next-token loss;
+    for a loss of several terms (mlm + nsp) the sum of each term's mean."""
+    objective = objective if objective is not None else Clm(row_format)
     autocast_dtype = resolve_precision(precision, device)
     was_training = model.training
     model.eval()
-    # Per domain: (sum of token losses, tokens), reduced over ranks in one all-reduce.
-    totals = torch.zeros(len(rows_by_domain), 2, dtype=torch.float64, device=device)
+    # Per domain and loss term: (summed loss, scored units), reduced over ranks in one all-reduce.
+    totals: torch.Tensor | None = None
     for index, rows in enumerate(rows_by_domain.values()):
         for chunk in rows.split(micro_batch):
             chunk = chunk.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                losses_BL, scored_BL = token_losses(model, chunk, row_format)
-            totals[index, 0] += losses_BL.double().sum()  # stays on the device: no sync per batch
-            totals[index, 1] += scored_BL.sum()
+                terms = objective.terms(model, chunk)
+            if totals is None:
+                shape = (len(rows_by_domain), terms.sums_BK.shape[1], 2)
+                totals = torch.zeros(shape, dtype=torch.float64, device=device)
+            totals[index, :, 0] += terms.sums_BK.double().sum(0)  # stays on the device: no sync per batch
+            totals[index, :, 1] += terms.counts_BK.double().sum(0)
     model.train(was_training)
+    assert totals is not None, "evaluate needs held-out rows"
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals, op=dist.ReduceOp.SUM)
-    metrics = {OVERALL: float(totals[:, 0].sum() / totals[:, 1].sum())}
+    overall = totals.sum(0)
+    metrics = {OVERALL: float((overall[:, 0] / overall[:, 1]).sum())}
     for index, domain in enumerate(rows_by_domain):
-        metrics[f"{OVERALL}/{domain}"] = float(totals[index, 0] / totals[index, 1])
+        metrics[f"{OVERALL}/{domain}"] = float((totals[index, :, 0] / totals[index, :, 1]).sum())
     return metrics
 
 

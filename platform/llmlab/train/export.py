@@ -1,4 +1,5 @@
-"""The trained model and its tokenizer as one Hugging Face folder (from_pretrained-ready)."""
+"""The trained model and its tokenizer as one Hugging Face folder (from_pretrained-ready): a decoder as
+`LlmlabForCausalLM`, an encoder as `LlmlabForPreTraining`, an encoder-decoder as `LlmlabForSeq2SeqLM`."""
 
 from __future__ import annotations
 
@@ -20,11 +21,23 @@ def export_hf(
     from transformers import PreTrainedTokenizerFast
 
     from llmlab.data.tokenizer import EOS_TOKEN, PAD_TOKEN
-    from llmlab.model import LlmlabForCausalLM
+    from llmlab.model import LlmlabForCausalLM, LlmlabForPreTraining, LlmlabForSeq2SeqLM
 
     model = build_model(model_cfg, vocab_size=vocab_size)
     model.load_state_dict(state_dict)
-    LlmlabForCausalLM.from_transformer(model).save_pretrained(out_dir)
+    if model_cfg.architecture == "encoder":
+        wrapper = LlmlabForPreTraining.from_model(model, pad_token_id=tokenizer.token_to_id(PAD_TOKEN))
+    elif model_cfg.architecture == "encoder_decoder":
+        # The decoder starts from EOS, as the training batches do (train.objectives.Denoising).
+        wrapper = LlmlabForSeq2SeqLM.from_model(
+            model,
+            decoder_start_token_id=tokenizer.token_to_id(EOS_TOKEN),
+            pad_token_id=tokenizer.token_to_id(PAD_TOKEN),
+            eos_token_id=tokenizer.token_to_id(EOS_TOKEN),
+        )
+    else:
+        wrapper = LlmlabForCausalLM.from_transformer(model)
+    wrapper.save_pretrained(out_dir)
     PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=PAD_TOKEN
     ).save_pretrained(out_dir)

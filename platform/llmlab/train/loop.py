@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.train.config import TrainConfig
+from llmlab.train.objectives import Clm, Objective
 from llmlab.train.rows import CONCAT, IGNORE_INDEX, RowFormat
 
-# Step index (0-based) → this rank's micro-batches of token rows, each (micro_batch, seq_len + 1).
+# Step index (0-based) → this rank's micro-batches of shard rows, each (micro_batch, row_len).
 BatchFn = Callable[[int], Sequence[torch.Tensor]]
 # Step index → the group (e.g. data domain) of each row of those micro-batches, as int64 tensors.
 GroupFn = Callable[[int], Sequence[torch.Tensor]]
@@ -29,7 +30,7 @@ GroupFn = Callable[[int], Sequence[torch.Tensor]]
 @dataclass(frozen=True)
 class StepMetrics:
     step: int  # optimizer steps completed, 1-based
-    loss: float  # mean next-token loss over the global batch
+    loss: float  # mean loss of the objective over the global batch (next-token loss for clm)
     lr: float  # learning rate this step used
     grad_norm: float  # global gradient norm before clipping
     tokens: int  # scored tokens in the global batch (pads and cross-document targets excluded)
@@ -86,13 +87,6 @@ def row_losses(
     return per_row, losses_BL.sum() / scored_BL.sum().clamp(min=1)
 
 
-def scored_tokens(rows: torch.Tensor, row_format: RowFormat) -> int:
-    """Targets of rows that count: real tokens, so tokens/s compares packed and padded batches fairly."""
-    if row_format.packing == "concat":
-        return rows.shape[0] * (rows.shape[1] - 1)
-    return int((row_format.split(rows).targets_BL != IGNORE_INDEX).sum())
-
-
 def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -106,10 +100,13 @@ def train(
     groups: GroupFn | None = None,
     num_groups: int = 0,
     row_format: RowFormat = CONCAT,
+    objective: Objective | None = None,
 ) -> StepMetrics | None:
     """Run optimizer steps start_step+1 … cfg.max_steps; return the last step's metrics. With
     `groups` (one of `num_groups` ids per row), the metrics also hold each group's loss.
-    `row_format` says how documents sit in the rows (packed, unpadded, padded)."""
+    `objective` splits rows into the model's inputs and scores them (default: clm on rows laid out
+    as `row_format` says: packed, unpadded, padded)."""
+    objective = objective if objective is not None else Clm(row_format)
     autocast_dtype = resolve_precision(cfg.precision, device)
     distributed = dist.is_available() and dist.is_initialized()
     max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
@@ -124,17 +121,17 @@ def train(
         row_groups = groups(step - 1) if groups is not None else None
         tokens = 0
         for index, rows in enumerate(micro_batches):
-            tokens += scored_tokens(rows, row_format)
+            tokens += objective.scored_tokens(rows)
             rows = rows.to(device, non_blocking=True)
             is_last = index == len(micro_batches) - 1
             # DDP all-reduces gradients on every backward; only the last micro-batch needs it.
             sync = contextlib.nullcontext() if is_last or not hasattr(model, "no_sync") else model.no_sync()
             with sync:
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    if row_groups is None:
-                        loss = next_token_loss(model, rows, row_format)
-                    else:
-                        per_row, loss = row_losses(model, rows, row_format)
+                    terms = objective.terms(model, rows)
+                    loss = terms.loss()
+                    if row_groups is not None:
+                        per_row = terms.per_row()
                         labels = row_groups[index].to(device)
                         group_stats[0].index_add_(0, labels, per_row.detach())
                         group_stats[1].index_add_(0, labels, torch.ones_like(per_row))

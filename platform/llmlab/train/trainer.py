@@ -30,6 +30,7 @@ from llmlab.train.checkpoint import load_checkpoint, load_data_state, save_check
 from llmlab.train.evaluate import OVERALL, evaluate, load_heldout
 from llmlab.train.loop import StepMetrics, train
 from llmlab.train.mixing import MixedBatches
+from llmlab.train.objectives import build_objective
 from llmlab.train.optim import build_optimizer, build_scheduler
 from llmlab.train.progress import format_progress
 from llmlab.train.rows import RowFormat
@@ -98,6 +99,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     model = parallel.apply(model, exp.parallel.strategy, device)
 
     row_format = RowFormat(exp.data.packing, spec.separator_id, spec.pad_id)
+    objective = build_objective(exp.objective.type, shards.manifest.layout, row_format)
     heldout = load_heldout(spec.heldout_manifests, exp.train.eval_sequences, rank, world_size)
     micro_batch = exp.train.batch_size // (world_size * exp.train.grad_accum)
     logger = MetricLogger(spec.tracking_uri, spec.run_id) if rank == 0 else None
@@ -113,7 +115,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         is_last = metrics.step == exp.train.max_steps or stopped_early
         is_eval = bool(heldout) and (metrics.step % exp.train.eval_every == 0 or is_last)
         if is_eval:
-            values.update(evaluate(model, heldout, micro_batch, device, exp.train.precision, row_format))
+            values.update(evaluate(model, heldout, micro_batch, device, exp.train.precision, row_format, objective))
         if logger is not None:
             logger.log(metrics.step, values)
         is_checkpoint = metrics.step % exp.train.checkpoint_every == 0 or is_last
@@ -165,6 +167,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 groups=mixed.groups if mixed is not None else None,
                 num_groups=len(exp.data.domains) if mixed is not None else 0,
                 row_format=row_format,
+                objective=objective,
             )
         except DomainExhausted as err:  # every rank draws the same batches: all stop at this step
             if rank == 0:

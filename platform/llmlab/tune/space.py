@@ -14,7 +14,7 @@ SEED_PATH = "train.seed"
 def check_space(exp: ExperimentConfig) -> None:
     """Every path of the space must be a config key and every value one the schema accepts:
     a bad space stops the sweep with one line before any trial starts."""
-    base = exp.model_dump(mode="json")
+    base = exp.to_raw()
     for path, distribution in exp.sweep.space.items():
         if path.startswith("data.") and distribution.kind not in ("grid", "choice"):
             raise ConfigError(

@@ -22,7 +22,8 @@ from mlflow.tracking import MlflowClient
 
 from llmlab.cluster import cluster_has_gpus, connect_ray, quiet_data_progress
 from llmlab.config import ExperimentConfig, flatten, to_yaml
-from llmlab.data.config import DataConfig
+from llmlab.data.config import DataConfig, shard_key
+from llmlab.data.objectives import ObjectiveConfig
 from llmlab.experiment import check_data_inputs, default_run_name, prepare_data, resolve_storage, run_experiment
 from llmlab.tracking.runs import flatten_numbers, log_params, marks_failure, open_run
 from llmlab.tracking.store import check_reachable, resolve_store
@@ -50,10 +51,10 @@ def run_sweep(exp: ExperimentConfig, source: Path | None = None, say: Callable[[
     check_reachable(store)
     storage = resolve_storage(exp.train.storage_path)
     # Trials run in other working directories (and nodes): they get the resolved store and storage.
-    pinned = trial_experiment(exp.model_dump(mode="json"), {"tracking.uri": store.uri, "train.storage_path": storage})
+    pinned = trial_experiment(exp.to_raw(), {"tracking.uri": store.uri, "train.storage_path": storage})
     exp = pinned.model_copy(update={"sweep": exp.sweep})
     data_settings = _listed_data_settings(exp)
-    for data in data_settings:
+    for data, _ in data_settings:
         check_data_inputs(data)
     name = exp.sweep.name or default_run_name(source)
     if "://" not in storage:
@@ -73,8 +74,8 @@ def run_sweep(exp: ExperimentConfig, source: Path | None = None, say: Callable[[
         log_params(client, parent_id, flatten(exp))
         client.log_text(parent_id, to_yaml(exp), "config.yaml")
         client.set_tag(parent_id, SWEEP_TAG, "parent")
-        for data in data_settings:
-            _prepare(data, storage, name, say)
+        for data, objective in data_settings:
+            _prepare(data, objective, storage, name, say)
         _tune(exp, source, name, storage, parent_id, concurrency)
     summary = _summarise(client, exp, name, parent_id, store.uri)
     finished = any(t.status == "FINISHED" for t in summary.trials)
@@ -82,27 +83,29 @@ def run_sweep(exp: ExperimentConfig, source: Path | None = None, say: Callable[[
     return summary
 
 
-def _listed_data_settings(exp: ExperimentConfig) -> list[DataConfig]:
-    """Every distinct data setting the space lists (grid and choice values of data.* paths)."""
-    base = exp.model_dump(mode="json")
+def _listed_data_settings(exp: ExperimentConfig) -> list[tuple[DataConfig, ObjectiveConfig]]:
+    """Every distinct (data, objective) setting the space lists (grid and choice values of data.*
+    and objective.* paths): each its own token shards, built before the trials start."""
+    base = exp.to_raw()
     listed = {
         path: d.values
         for path, d in exp.sweep.space.items()
-        if path.startswith("data.") and d.kind in ("grid", "choice")
+        if path.startswith(("data.", "objective.")) and d.kind in ("grid", "choice")
     }
-    settings: dict[str, DataConfig] = {}
+    settings: dict[str, tuple[DataConfig, ObjectiveConfig]] = {}
     for values in itertools.product(*listed.values()):
-        data = trial_experiment(base, dict(zip(listed, values, strict=True))).data
-        settings.setdefault(json.dumps(data.shard_settings(), sort_keys=True), data)
+        trial = trial_experiment(base, dict(zip(listed, values, strict=True)))
+        key = json.dumps(shard_key(trial.data, trial.objective), sort_keys=True)
+        settings.setdefault(key, (trial.data, trial.objective))
     return list(settings.values())
 
 
-def _prepare(data: DataConfig, storage: str, name: str, say: Callable[[str], None]) -> None:
+def _prepare(data: DataConfig, objective: ObjectiveConfig, storage: str, name: str, say: Callable[[str], None]) -> None:
     def show(report_name: str, report: dict[str, Any]) -> None:
         numbers = flatten_numbers(report)
         say(f"[{name}] {report_name}: " + ", ".join(f"{key} {value:g}" for key, value in numbers.items()))
 
-    prepared = prepare_data(data, storage, on_report=show)
+    prepared = prepare_data(data, storage, on_report=show, objective=objective)
     say(f"[{name}] data {'built' if prepared.built else 'reused'}: {prepared.manifest_uri}")
 
 
@@ -121,7 +124,7 @@ def _tune(
 
     trial = partial(
         run_trial,
-        base=exp.model_dump(mode="json"),
+        base=exp.to_raw(),
         sweep_name=name,
         parent_run_id=parent_id,
         source=str(source) if source else None,

@@ -11,7 +11,9 @@ else: not on batch boundaries, worker count or order.
 * `denoise` (sentence_permutation, infilling, token_deletion, document_rotation, any combination):
   input_ids (the corrupted document), target_ids (the document).
 
-The heads and losses are in `llmlab.model.encoder` (EncoderForPreTraining) and
+`rows` applies them to a batch of documents in the shard writer (a Ray Data task) and lays each
+example out as one fixed-width row; `llmlab.train.objectives` turns rows back into the model's
+inputs and losses. The heads are in `llmlab.model.encoder` (EncoderForPreTraining) and
 `llmlab.model.seq2seq` (EncoderDecoder).
 """
 

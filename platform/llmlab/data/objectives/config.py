@@ -2,8 +2,9 @@
 
 `type` names one objective or a list of them from one family: `clm` alone (decoder); `mlm` and/or
 `nsp` (encoder, BERT's joint loss); or any of BART's noising functions (encoder_decoder). Each
-transform has its own sub-section, passed alone to that transform; a sub-section set while `type`
-does not include its transform is an error rather than a setting that silently does nothing.
+transform has its own sub-section, passed alone to that transform; a sub-section set (to other
+than its defaults) while `type` does not include its transform is an error rather than a setting
+that silently does nothing.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ class ObjectiveConfig(_Section):
         "sentence_permutation, infilling, token_deletion, document_rotation (encoder_decoder, applied "
         "in that order as in fairseq's BART).",
     )
+    seed: int = Field(
+        0, ge=0, description="Seed of the corruptions (each document's stream is a function of it and the text)."
+    )
     mlm: MlmConfig = Field(default_factory=MlmConfig, description="Masked LM (type mlm).")
     nsp: NspConfig = Field(default_factory=NspConfig, description="Next-sentence prediction (type nsp).")
     infilling: InfillingConfig = Field(default_factory=InfillingConfig, description="Span masking (type infilling).")
@@ -128,7 +132,9 @@ class ObjectiveConfig(_Section):
     @model_validator(mode="after")
     def _sections_used(self) -> ObjectiveConfig:
         for section in ("mlm", "nsp", "infilling", "token_deletion"):
-            if section in self.model_fields_set and section not in self.type:
+            # Defaults are allowed (a dumped config lists every section, and must validate again).
+            changed = getattr(self, section) != type(self).model_fields[section].default_factory()
+            if section in self.model_fields_set and changed and section not in self.type:
                 raise ValueError(
                     f"{section}: is set but type does not include {section} (type: {', '.join(self.type)}); "
                     f"add it to type or remove the section"
