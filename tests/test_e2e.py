@@ -295,28 +295,33 @@ def test_ui_serves_the_store_on_localhost_only(tmp_path: Path) -> None:
         server.wait(timeout=30)
 
 
-def test_an_ablation_runs_unpadded_with_alternating_sparse_layers(cli_env: dict[str, str], tmp_path: Path) -> None:
-    """The attention ablation's file through `llmlab run`, unpadded (document masks from the
-    tokenizer's EOS, which the driver hands the workers) with dense/local layers."""
-    overrides = [
-        "model.attention.pattern=[dense,local]",
-        "data.packing=documents",
-        "data.seq_len=64",
+def tiny_ablation_run(ablation: str, run_name: str, overrides: list[str], cli_env: dict[str, str], tmp_path: Path):
+    """`llmlab run` of experiments/ablations/<ablation>.yaml shrunk to 8 steps of a tiny model:
+    (the CLI's result, the store's client, the finished MLflow run)."""
+    tiny = [
         "data.demo_docs_per_domain=150",
         "model.d_model=32",
         "train.max_steps=8",
         "train.warmup_steps=2",
         "train.eval_every=4",
         "train.checkpoint_every=8",
-        "tracking.run_name=unpadded",
         "tracking.system_metrics=false",
+        f"tracking.run_name={run_name}",
     ]
-    experiment = REPO / "experiments" / "ablations" / "attention.yaml"
-    result = llmlab(tmp_path, "run", str(experiment), *overrides, env=cli_env)
+    experiment = REPO / "experiments" / "ablations" / f"{ablation}.yaml"
+    result = llmlab(tmp_path, "run", str(experiment), *tiny, *overrides, env=cli_env)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     client = store_client(tmp_path)
-    run = only_run(client, "ablation-attention", "unpadded")
+    run = only_run(client, f"ablation-{ablation}", run_name)
     assert run.info.status == "FINISHED"
+    return result, client, run
+
+
+def test_an_ablation_runs_unpadded_with_alternating_sparse_layers(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """The attention ablation's file through `llmlab run`, unpadded (document masks from the
+    tokenizer's EOS, which the driver hands the workers) with dense/local layers."""
+    overrides = ["model.attention.pattern=[dense,local]", "data.packing=documents", "data.seq_len=64"]
+    _, client, run = tiny_ablation_run("attention", "unpadded", overrides, cli_env, tmp_path)
     assert run.data.params["data.packing"] == "documents"
     assert run.data.params["model.attention.pattern"] == "['dense', 'local']"
     heldout = client.get_metric_history(run.info.run_id, "eval_loss")
@@ -337,24 +342,10 @@ def test_the_objectives_ablation_runs_bert_pretraining(cli_env: dict[str, str], 
     """The objectives ablation's file through `llmlab run` with mlm + nsp: the masked, paired rows
     are made by the Ray Data shard writer, the encoder trains on BERT's joint loss, logged to MLflow,
     and the model is exported as LlmlabForPreTraining."""
-    overrides = [
-        "objective.type=[mlm, nsp]",
-        "data.seq_len=32",
-        "data.demo_docs_per_domain=150",
-        "model.d_model=32",
-        "train.max_steps=8",
-        "train.warmup_steps=2",
-        "train.eval_every=4",
-        "train.checkpoint_every=8",
-        "tracking.run_name=bert",
-    ]
-    experiment = REPO / "experiments" / "ablations" / "objectives.yaml"
-    result = llmlab(tmp_path, "run", str(experiment), *overrides, env=cli_env)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    result, client, run = tiny_ablation_run(
+        "objectives", "bert", ["objective.type=[mlm, nsp]", "data.seq_len=32"], cli_env, tmp_path
+    )
     assert "mlm+nsp examples of up to 32 tokens" in result.stdout
-    client = store_client(tmp_path)
-    run = only_run(client, "ablation-objectives", "bert")
-    assert run.info.status == "FINISHED"
     assert run.data.params["objective.type"] == "['mlm', 'nsp']"
     assert run.data.params["model.architecture"] == "encoder" and run.data.params["model.type_vocab_size"] == "2"
     losses = loss_by_step(client, run.info.run_id)
