@@ -9,7 +9,8 @@ One set of functions serves both devices; only the defaults differ. On the CPU (
 small model in fp32, ours against Llama in eager mode. On CUDA a 125M model under bf16 autocast
 (fp32 weights, as `llmlab run` trains on a GPU), eager and torch.compile, with MFU.
 
-This module imports only torch, transformers, pydantic, llmlab.model and llmlab.train.optim, never
+This module imports only torch, transformers, pydantic, llmlab.model and llmlab.train (the loss and
+the optimizer's parameter groups), never
 Ray or MLflow, so that `python -m llmlab.bench.model` runs on a bare GPU machine with
 PYTHONPATH=platform. Its top level imports the standard library alone: `llmlab`'s argument parser
 calls `add_arguments` on every command, and must not pay for importing torch.
@@ -302,15 +303,6 @@ def random_batches(cfg: BenchConfig, device: torch.device) -> list[torch.Tensor]
     return [torch.randint(0, cfg.vocab_size, shape, generator=generator).to(device) for _ in range(BATCH_POOL)]
 
 
-def next_token_loss(model: nn.Module, rows_BR: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of rows[:, 1:] predicted from rows[:, :-1], in float32, as training's
-    loss on concatenated rows; written out here so that the bench times the models alone."""
-    import torch.nn.functional as F
-
-    logits_BLV = model(rows_BR[:, :-1])
-    return F.cross_entropy(logits_BLV.float().flatten(0, 1), rows_BR[:, 1:].flatten())
-
-
 def _synchronize(device: torch.device) -> None:
     import torch
 
@@ -324,6 +316,8 @@ def train_steps(variant: Variant, batches: list[torch.Tensor], n: int, cfg: Benc
     Step k of every variant trains on the same batch, so the models see identical data. The loss
     is read only after the clock stops: `.item()` every step would stall the GPU's queue."""
     import torch
+
+    from llmlab.train.loop import next_token_loss
 
     assert variant.model is not None and variant.optimizer is not None
     device = batches[0].device
@@ -380,6 +374,8 @@ def initial_loss_diff(llama: nn.Module, ours: nn.Module, rows: torch.Tensor) -> 
     """Both models' loss on one batch, untrained and in fp32 (no autocast): |ours - llama| and
     Llama's loss. Identical weights must give the same loss up to float32 rounding."""
     import torch
+
+    from llmlab.train.loop import next_token_loss
 
     with torch.no_grad(), torch.autocast(rows.device.type, enabled=False):
         llama_loss = float(next_token_loss(llama, rows))

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from llmlab.train.config import TrainConfig
-from llmlab.train.objectives import Clm, Objective
-from llmlab.train.rows import CONCAT, IGNORE_INDEX, RowFormat
+from llmlab.train.objectives import Clm, Objective, token_cross_entropy
+from llmlab.train.rows import CONCAT, RowFormat
 
 # Step index (0-based) → this rank's micro-batches of shard rows, each (micro_batch, row_len).
 BatchFn = Callable[[int], Sequence[torch.Tensor]]
@@ -64,27 +63,13 @@ def token_losses(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss of each target [B, L] in float32, 0 where unscored; scored mask [B, L]) of rows [B, L+1]."""
     batch = row_format.split(rows)
-    logits_BLV = model(batch.inputs_BL, **batch.model_kwargs())
-    scored_BL = batch.targets_BL != IGNORE_INDEX
-    losses_N = F.cross_entropy(
-        logits_BLV.float().flatten(0, 1), batch.targets_BL.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    return losses_N.view(batch.targets_BL.shape), scored_BL
+    return token_cross_entropy(model(batch.inputs_BL, **batch.model_kwargs()), batch.targets_BL)
 
 
 def next_token_loss(model: nn.Module, rows: torch.Tensor, row_format: RowFormat = CONCAT) -> torch.Tensor:
     """Mean cross-entropy of predicting rows[:, 1:] from rows[:, :-1] over the scored targets, in float32."""
     losses_BL, scored_BL = token_losses(model, rows, row_format)
     return losses_BL.sum() / scored_BL.sum().clamp(min=1)
-
-
-def row_losses(
-    model: nn.Module, rows: torch.Tensor, row_format: RowFormat = CONCAT
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(each row's mean next-token loss (B,), the whole micro-batch's mean over scored targets)."""
-    losses_BL, scored_BL = token_losses(model, rows, row_format)
-    per_row = losses_BL.sum(dim=1) / scored_BL.sum(dim=1).clamp(min=1)
-    return per_row, losses_BL.sum() / scored_BL.sum().clamp(min=1)
 
 
 def train(

@@ -43,12 +43,18 @@ class LossTerms:
         return (self.sums_BK / self.counts_BK.clamp(min=1)).sum(1)
 
 
-def _token_terms(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed cross-entropy of each row over its scored labels, scored labels per row), float32."""
+def token_cross_entropy(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy of every label [B, L] in float32, 0 where unscored; scored mask [B, L])."""
     losses_BL = F.cross_entropy(
         logits_BLV.float().flatten(0, 1), labels_BL.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
     ).view(labels_BL.shape)
-    return losses_BL.sum(1), (labels_BL != IGNORE_INDEX).sum(1).float()
+    return losses_BL, labels_BL != IGNORE_INDEX
+
+
+def _token_terms(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy of each row over its scored labels, scored labels per row), float32."""
+    losses_BL, scored_BL = token_cross_entropy(logits_BLV, labels_BL)
+    return losses_BL.sum(1), scored_BL.sum(1).float()
 
 
 class Objective:
