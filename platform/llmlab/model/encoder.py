@@ -27,7 +27,7 @@ from llmlab.model.layers import (
     residual_out_std,
     with_std,
 )
-from llmlab.model.masks import AttentionContext, positions_from_documents
+from llmlab.model.masks import AttentionContext
 from llmlab.model.transformer import add_positions, embed
 
 PADDING_DOCUMENT = -1  # document id of padding positions (see documents_from_padding)
@@ -100,9 +100,7 @@ class Encoder(nn.Module):
         `documents_from_padding`). position_ids [B, L] or [L] otherwise default to 0..L-1.
         """
         x_BLD = embed(self, input_ids, inputs_embeds)
-        if position_ids is None and document_ids is not None:
-            position_ids = positions_from_documents(document_ids)
-        x_BLD, rope = add_positions(self, x_BLD, position_ids)
+        x_BLD, rope = add_positions(self, x_BLD, position_ids, document_ids)
         if self.embed_token_types is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros(x_BLD.shape[:2], dtype=torch.long, device=x_BLD.device)

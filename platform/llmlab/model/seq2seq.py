@@ -31,7 +31,7 @@ from llmlab.model.layers import (
     residual_out_std,
     with_std,
 )
-from llmlab.model.masks import AttentionContext, AttentionPattern, positions_from_documents
+from llmlab.model.masks import AttentionContext, AttentionPattern
 from llmlab.model.transformer import add_positions, embed
 
 
@@ -95,11 +95,11 @@ class Decoder(nn.Module):
         self,
         x_BTD: torch.Tensor,
         memory_BSD: torch.Tensor,
-        position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
         context: AttentionContext | None = None,
         cross_context: AttentionContext | None = None,
     ) -> torch.Tensor:
-        x_BTD, rope = add_positions(self, x_BTD, position_ids)
+        x_BTD, rope = add_positions(self, x_BTD, None, document_ids)
         x_BTD = self.dropout(self.embed_norm(x_BTD))
         for layer in self.layers:
             x_BTD = layer(x_BTD, memory_BSD, rope, context, cross_context)
@@ -154,10 +154,9 @@ class EncoderDecoder(Initialisable):
     ) -> torch.Tensor:
         """Logits [B, T, V] of the target given the encoder's memory and the source's document ids."""
         x_BTD = embed(self, decoder_input_ids, decoder_inputs_embeds)
-        positions = None if decoder_document_ids is None else positions_from_documents(decoder_document_ids)
         context = AttentionContext.for_documents(decoder_document_ids)
         cross_context = cross_attention_context(document_ids, decoder_document_ids, x_BTD.shape[1])
-        h_BTD = self.decoder(x_BTD, memory_BSD, positions, context, cross_context)
+        h_BTD = self.decoder(x_BTD, memory_BSD, decoder_document_ids, context, cross_context)
         return self.lm_head(h_BTD)
 
     def forward(

@@ -83,9 +83,7 @@ class Transformer(Initialisable):
         default to 0..L-1; they drive RoPE or the learned table.
         """
         x_BLD = embed(self, input_ids, inputs_embeds)
-        if position_ids is None and document_ids is not None:
-            position_ids = positions_from_documents(document_ids)
-        x_BLD, rope = add_positions(self, x_BLD, position_ids)
+        x_BLD, rope = add_positions(self, x_BLD, position_ids, document_ids)
         context = AttentionContext.for_documents(document_ids)
         x_BLD = self.dropout(x_BLD)
         for layer in self.layers:
@@ -116,13 +114,19 @@ def embed(model: nn.Module, input_ids: torch.Tensor | None, inputs_embeds: torch
 
 
 def add_positions(
-    model: nn.Module, x_BLD: torch.Tensor, position_ids: torch.Tensor | None
+    model: nn.Module,
+    x_BLD: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    document_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Rope]:
     """The embeddings with the learned position table added, and the RoPE angles (or None).
 
-    position_ids [B, L] or [L] default to 0..L-1.
+    position_ids [B, L] or [L] default to each token's place in its document when document_ids
+    [B, L] are given (positions restart at every document), else to 0..L-1.
     """
     config = model.config
+    if position_ids is None and document_ids is not None:
+        position_ids = positions_from_documents(document_ids)
     if position_ids is None:
         position_ids = torch.arange(x_BLD.shape[1], device=x_BLD.device)
     position_ids_BL = position_ids if position_ids.dim() == 2 else position_ids.unsqueeze(0)
