@@ -8,6 +8,7 @@ tensor-parallel shard computes on its local heads unchanged.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 
 import torch
@@ -49,11 +50,12 @@ def with_std(std: float, *modules: nn.Module | None) -> InitPlan:
             yield module, std
 
 
-class Initialisable(nn.Module):
+class Initialisable(nn.Module, ABC):
     """A model whose `init_plan` lists every leaf module with its init std."""
 
+    @abstractmethod
     def init_plan(self) -> InitPlan:
-        raise NotImplementedError
+        """Every leaf module with its init std."""
 
     @torch.no_grad()
     def init_weights(self) -> None:

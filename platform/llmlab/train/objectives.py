@@ -15,6 +15,7 @@ the loss is the sum over terms of each term's mean. Plain torch, no Ray.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -57,7 +58,7 @@ def _token_terms(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> tuple[tor
     return losses_BL.sum(1), scored_BL.sum(1).float()
 
 
-class Objective:
+class Objective(ABC):
     """The batch and loss of one objective family, from rows of its shards."""
 
     def __init__(self, layout: Mapping[str, tuple[int, int]] | None = None) -> None:
@@ -67,12 +68,13 @@ class Objective:
         offset, width = self.layout[name]
         return rows_BR[:, offset : offset + width]
 
+    @abstractmethod
     def terms(self, model: nn.Module, rows_BR: torch.Tensor) -> LossTerms:
-        raise NotImplementedError
+        """Each row's summed loss and scored units, per loss term."""
 
+    @abstractmethod
     def scored_tokens(self, rows_BR: torch.Tensor) -> int:
         """Tokens the model reads in these rows (for tokens/s): padding excluded."""
-        raise NotImplementedError
 
 
 class Clm(Objective):
