@@ -22,6 +22,7 @@ from llmlab.bench.arguments import given
 from llmlab.data.packing import pack, pack_padded
 from llmlab.model import ModelConfig, Transformer
 from llmlab.train.loop import next_token_loss, token_losses
+from llmlab.train.objectives import Clm
 from llmlab.train.rows import RowFormat
 
 EOS, PAD = 1, 2  # ids below the documents' tokens, as a trained tokenizer's specials are
@@ -61,7 +62,8 @@ class Layout:
 
     @property
     def scored_tokens(self) -> int:
-        return sum(int((self.row_format.split(b).targets_BL != -100).sum()) for b in self.batches)
+        objective = Clm(self.row_format)
+        return sum(objective.scored_tokens(rows) for rows in self.batches)
 
 
 def layouts(cfg: UnpaddingBench, steps: int) -> tuple[Layout, Layout, float]:
