@@ -132,10 +132,7 @@ class SdpaAttention(AttentionBackend):
 
         return sdpa_kernel(getattr(SDPBackend, self.kernel))
 
-
-    def _additive_mask(
-        self, q_len: int, kv_len: int, q_BHLD: torch.Tensor, context: AttentionContext
-    ) -> torch.Tensor:
+    def _additive_mask(self, q_len: int, kv_len: int, q_BHLD: torch.Tensor, context: AttentionContext) -> torch.Tensor:
         # SDPA turns a boolean mask into an additive one on every call; built once per forward and
         # shared by the layers of a pattern, the additive mask made CPU attention ~20% faster
         # (4 x 4 heads x 1024 tokens, fwd+bwd, torch 2.13).

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from llmlab.parallel import Parallelised
 from llmlab.train.config import TrainConfig
 from llmlab.train.objectives import Clm, Objective, token_cross_entropy
 from llmlab.train.rows import CONCAT, RowFormat
@@ -86,11 +87,13 @@ def train(
     num_groups: int = 0,
     row_format: RowFormat = CONCAT,
     objective: Objective | None = None,
+    parallel: Parallelised | None = None,
 ) -> StepMetrics | None:
     """Run optimizer steps start_step+1 … cfg.max_steps; return the last step's metrics. With
     `groups` (one of `num_groups` ids per row), the metrics also hold each group's loss.
     `objective` splits rows into the model's inputs and scores them (default: clm on rows laid out
-    as `row_format` says: packed, unpadded, padded)."""
+    as `row_format` says: packed, unpadded, padded). `parallel` says how `model` is laid out over
+    ranks (without it, the model is whole on every rank and ranks split the batch: plain DDP)."""
     objective = objective if objective is not None else Clm(row_format)
     autocast_dtype = resolve_precision(cfg.precision, device)
     distributed = dist.is_available() and dist.is_initialized()
@@ -104,35 +107,49 @@ def train(
         loss_sum = torch.zeros((), device=device)
         group_stats = torch.zeros(2, num_groups, device=device)  # summed row loss, rows
         row_groups = groups(step - 1) if groups is not None else None
-        tokens = 0
-        for index, rows in enumerate(micro_batches):
-            tokens += objective.scored_tokens(rows)
-            rows = rows.to(device, non_blocking=True)
-            is_last = index == len(micro_batches) - 1
-            # DDP all-reduces gradients on every backward; only the last micro-batch needs it.
-            sync = contextlib.nullcontext() if is_last or not hasattr(model, "no_sync") else model.no_sync()
-            with sync:
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    terms = objective.terms(model, rows)
-                    loss = terms.loss()
-                    if row_groups is not None:
-                        per_row = terms.per_row()
-                        labels = row_groups[index].to(device)
-                        group_stats[0].index_add_(0, labels, per_row.detach())
-                        group_stats[1].index_add_(0, labels, torch.ones_like(per_row))
-                (loss / len(micro_batches)).backward()
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        tokens = sum(objective.scored_tokens(rows) for rows in micro_batches)
+        if parallel is not None and parallel.pipeline is not None:
+            # The schedule splits this rank's rows into its own microbatches and runs backward.
+            batch = row_format.split(torch.cat(list(micro_batches)).to(device, non_blocking=True))
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss_mean = parallel.pipeline.step(batch.inputs_BL, batch.targets_BL)
+        else:
+            for index, rows in enumerate(micro_batches):
+                rows = rows.to(device, non_blocking=True)
+                is_last = index == len(micro_batches) - 1
+                # DDP all-reduces gradients on every backward; only the last micro-batch needs it.
+                sync = contextlib.nullcontext() if is_last or not hasattr(model, "no_sync") else model.no_sync()
+                with sync:
+                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        terms = objective.terms(model, rows)
+                        loss = terms.loss()
+                        if row_groups is not None:
+                            per_row = terms.per_row()
+                            labels = row_groups[index].to(device)
+                            group_stats[0].index_add_(0, labels, per_row.detach())
+                            group_stats[1].index_add_(0, labels, torch.ones_like(per_row))
+                    (loss / len(micro_batches)).backward()
+                loss_sum += loss.detach()
+            loss_mean = loss_sum / len(micro_batches)
+        if parallel is not None:
+            grad_norm = parallel.clip_grad_norm_(max_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        loss_mean = loss_sum / len(micro_batches)
-        if distributed:
-            # Every rank holds an equal share of the global batch, so the mean of means is exact for
-            # concat rows; padded or unpadded micro-batches weigh equally whatever their scored
-            # tokens, as in most trainers (close when they hold similar numbers).
-            # (SUM then divide: gloo has no AVG.)
+        if parallel is not None and parallel.layout.mesh is not None:
+            # Every data-parallel slice of the global batch is equal, so the mean of their means is
+            # exact for concat rows; padded or unpadded micro-batches weigh equally whatever their
+            # scored tokens, as in most trainers. One rank per slice contributes (see Layout).
+            layout = parallel.layout
+            loss_mean = layout.global_mean(loss_mean)
+            tokens *= layout.dp_size
+            if num_groups:
+                group_stats = layout.global_mean(group_stats) * layout.dp_size
+        elif distributed:
+            # Without a layout every rank is a data-parallel rank. (SUM then divide: gloo has no AVG.)
             dist.all_reduce(loss_mean, op=dist.ReduceOp.SUM)
             loss_mean /= dist.get_world_size()
             tokens *= dist.get_world_size()

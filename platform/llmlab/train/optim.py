@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from llmlab.parallel.ddp import zero1_optimizer
 from llmlab.train.config import TrainConfig
 
 
@@ -34,13 +36,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        eps=cfg.eps,
-    )
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, zero1_group: dist.ProcessGroup | None = None
+) -> torch.optim.Optimizer:
+    """AdamW over `model`; with `zero1_group`, ZeRO stage 1: each rank of the group keeps the
+    AdamW state of its share of the parameters only."""
+    groups = param_groups(model, cfg.weight_decay)
+    hyper = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
+    if zero1_group is not None:
+        return zero1_optimizer(groups, torch.optim.AdamW, zero1_group, **hyper)
+    return torch.optim.AdamW(groups, **hyper)
 
 
 def lr_factor(step_index: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
