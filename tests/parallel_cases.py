@@ -15,9 +15,10 @@ import torch.distributed as dist
 from llmlab import parallel
 from llmlab.model import ModelConfig, build_model
 from llmlab.parallel import ParallelConfig
+from llmlab.train.checkpoint import load_checkpoint, save_checkpoint
 from llmlab.train.config import TrainConfig
 from llmlab.train.loop import StepMetrics, train
-from llmlab.train.objectives import token_cross_entropy
+from llmlab.train.objectives import mean_token_loss
 from llmlab.train.optim import build_optimizer, build_scheduler
 
 VOCAB, SEQ, BATCH, STEPS = 64, 16, 8, 10
@@ -30,16 +31,18 @@ def global_rows(step_index: int) -> torch.Tensor:
     return torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=torch.Generator().manual_seed(1000 + step_index))
 
 
-def mean_next_token_loss(logits_BLV: torch.Tensor, targets_BL: torch.Tensor) -> torch.Tensor:
-    losses_BL, scored_BL = token_cross_entropy(logits_BLV, targets_BL)
-    return losses_BL.sum() / scored_BL.sum()
-
-
 def train_layout(
-    layout_config: dict[str, Any], model_overrides: dict[str, Any] | None = None
+    layout_config: dict[str, Any],
+    model_overrides: dict[str, Any] | None = None,
+    *,
+    save_to: str | None = None,
+    save_at: int = 0,
+    resume_from: str | None = None,
 ) -> dict[str, list[float]]:
-    """Train STEPS steps under `layout_config` (a `parallel` section) on every rank of the current
-    process group, or in this process alone when there is none; the logged loss and grad norm."""
+    """Train to step STEPS under `layout_config` (a `parallel` section) on every rank of the current
+    process group, or in this process alone when there is none; the logged loss and grad norm of
+    each step. `save_to`: write a checkpoint there after step `save_at`; `resume_from`: start from
+    the checkpoint there (saved under any layout)."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     config = ParallelConfig(**layout_config)
     dims = config.dims(world)
@@ -50,16 +53,28 @@ def train_layout(
     torch.manual_seed(0)
     model = build_model(ModelConfig(**{**MODEL, **(model_overrides or {})}), vocab_size=VOCAB)
     laid_out = parallel.apply(
-        model, config, layout, device, pipeline_loss=mean_next_token_loss, microbatches=config.microbatches(dims, 1)
+        model, config, layout, device, pipeline_loss=mean_token_loss, microbatches=config.microbatches(dims, 1)
     )
     optimizer = build_optimizer(laid_out.module, cfg, laid_out.zero1_group)
     scheduler = build_scheduler(optimizer, cfg)
+    start_step = 0
+    if resume_from is not None:
+        start_step = load_checkpoint(resume_from, model=laid_out.module, optimizer=optimizer, scheduler=scheduler)
     per_rank = BATCH // layout.dp_size
 
     def batches(step_index: int) -> list[torch.Tensor]:
         return [global_rows(step_index)[layout.dp_rank * per_rank : (layout.dp_rank + 1) * per_rank]]
 
     seen: list[StepMetrics] = []
+
+    def on_step(metrics: StepMetrics) -> None:
+        seen.append(metrics)
+        if save_to is not None and metrics.step == save_at:
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            save_checkpoint(
+                save_to, model=laid_out.module, optimizer=optimizer, scheduler=scheduler, step=save_at, rank=rank
+            )
+
     train(
         laid_out.model,
         optimizer,
@@ -67,7 +82,8 @@ def train_layout(
         batches,
         cfg,
         device=device,
-        on_step=seen.append,
+        start_step=start_step,
+        on_step=on_step,
         parallel=laid_out if layout.mesh is not None else None,
     )
-    return {"loss": [m.loss for m in seen], "grad_norm": [m.grad_norm for m in seen]}
+    return {"step": [m.step for m in seen], "loss": [m.loss for m in seen], "grad_norm": [m.grad_norm for m in seen]}

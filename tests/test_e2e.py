@@ -169,6 +169,45 @@ def test_resume_after_interruption(cli_env: dict[str, str], tmp_path: Path, mixt
         _check_mixture_metrics(client, run.info.run_id, ["python_docs", "package_docs"])
 
 
+def test_layouts_log_the_same_loss_and_survive_a_killed_worker(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """One experiment on 1 worker and on 2 under DDP, TP and FSDP (ZeRO-3) logs the same loss at every
+    step. The FSDP run also loses a worker (SIGKILL at step 9): Ray restarts the group, which
+    resumes from the step-6 checkpoint and ends at exactly step 12, re-running steps 7-9 on the same
+    batches (the same losses), never steps 1-6."""
+    experiment = tiny_experiment(tmp_path, max_steps=12)
+    # log_every=1: every step reaches MLflow at once, so the steps before the kill are all there.
+    common = ["model.dropout=0", "train.checkpoint_every=6", "train.warmup_steps=3", "train.log_every=1"]
+    layouts = {
+        "one": ["train.num_workers=1"],
+        "ddp": ["parallel.strategy=ddp"],
+        "tp": ["parallel.strategy=tp"],
+        "fsdp": ["parallel.strategy=fsdp", "train.max_failures=1"],
+    }
+    client = store_client(tmp_path)
+    losses: dict[str, dict[int, list[float]]] = {}
+    for name, overrides in layouts.items():
+        env = {**cli_env, "LLMLAB_FAULT_AT_STEP": "9"} if name == "fsdp" else cli_env
+        result = llmlab(tmp_path, "run", str(experiment), *common, *overrides, f"tracking.run_name={name}", env=env)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-3000:]
+        run = client.search_runs(
+            [client.get_experiment_by_name("tiny").experiment_id], f"attributes.run_name = '{name}'"
+        )[0]
+        assert run.info.status == "FINISHED"
+        losses[name] = loss_by_step(client, run.info.run_id)
+        if name == "fsdp":
+            assert "resuming from the checkpoint at step 6" in output, output[-3000:]
+    for name, logged in losses.items():
+        assert sorted(logged) == list(range(1, 13)), name
+        for step in range(1, 13):
+            assert logged[step][-1] == pytest.approx(losses["one"][step][0], rel=1e-4), (name, step)
+    repeated = losses["fsdp"]
+    assert all(len(repeated[step]) == 1 for step in range(1, 7))
+    assert all(len(repeated[step]) == 2 for step in (7, 8))  # before the kill, and after the resume
+    for step in range(7, 10):
+        assert max(repeated[step]) == pytest.approx(min(repeated[step]), abs=1e-6)
+
+
 def _check_mixture_metrics(client: MlflowClient, run_id: str, domains: list[str]) -> None:
     """Per-domain weights, loss and tokens every step; weights that moved; the final ones a param."""
     weights = {d: loss_by_step(client, run_id, f"mix_weight/{d}") for d in domains}

@@ -29,3 +29,28 @@ def test_experiment_validates_and_its_models_build(path: Path) -> None:
 def test_the_ablations_of_the_model_issue_exist() -> None:
     names = {p.stem for p in EXPERIMENTS if p.parent.name == "ablations"}
     assert {"attention", "positions", "norms", "unpadding"} <= names
+
+
+PARALLEL = [p for p in EXPERIMENTS if p.parent.name == "parallel"]
+
+
+def gpu_command(path: Path) -> list[str]:
+    """The overrides of the GPU command a parallel experiment documents in its header."""
+    lines = [line.removeprefix("#").strip() for line in path.read_text().splitlines() if line.startswith("#")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("On GPUs")) + 1
+    command = " ".join(line.rstrip("\\").strip() for line in lines[start : start + 3])
+    return [word for word in command.split()[3:] if "=" in word]  # after `llmlab run <file>`
+
+
+@pytest.mark.parametrize("path", PARALLEL, ids=lambda p: p.stem)
+def test_parallel_experiments_scale_to_their_documented_gpu_layout(path: Path) -> None:
+    """Each file also validates with the worker count and model its header gives for GPUs."""
+    overrides = gpu_command(path)
+    assert any(o.startswith("train.num_workers=") for o in overrides)
+    exp = load_experiment(path, overrides)
+    assert exp.parallel.dims(exp.train.num_workers).world == exp.train.num_workers > 2
+
+
+def test_every_strategy_and_combination_has_an_experiment() -> None:
+    names = {p.stem for p in PARALLEL}
+    assert {"ddp", "zero1", "zero2", "zero3", "tp", "pp", "pp_interleaved", "fsdp_tp", "pp_dp", "pp_tp"} <= names

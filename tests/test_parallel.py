@@ -8,9 +8,12 @@ starts near 0.79 against grad_clip 0.5) with a run in this process without any l
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from parallel_cases import train_layout
 
+from llmlab.config import ConfigError, load_experiment
 from llmlab.parallel import ParallelConfig
 from llmlab.parallel.spawn import spawn
 
@@ -88,3 +91,63 @@ def test_pipeline_stages_split_layers_evenly_or_at_the_given_boundaries() -> Non
         ParallelConfig(pp_boundaries=[5, 2]).stage_layers(8, 3)
     with pytest.raises(ValueError, match="at least as many layers"):
         ParallelConfig().stage_layers(2, 4)
+
+
+def _run(world: int, layout: dict, model: dict, **kwargs) -> dict[str, list[float]]:
+    return (
+        spawn(train_layout, world, layout, model, **kwargs)[0] if world > 1 else train_layout(layout, model, **kwargs)
+    )
+
+
+RESUMES = [
+    ("fsdp@2→ddp@1", ({"strategy": "fsdp"}, 2), ({"strategy": "ddp"}, 1), {}),
+    ("zero1@2→tp@2", ({"strategy": "zero1"}, 2), ({"strategy": "tp"}, 2), {}),
+    ("pp@2→fsdp×tp@4", ({"strategy": "pp"}, 2), ({"strategy": "mesh", "dp_shard": 2, "tp": 2}, 4), UNTIED),
+    (
+        "one process→interleaved pp@2",
+        ({"strategy": "ddp"}, 1),
+        ({"strategy": "mesh", "pp": 2, "pp_schedule": "interleaved_1f1b", "pp_stages_per_rank": 2}, 2),
+        UNTIED,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "saved", "resumed", "model"), RESUMES, ids=[case[0] for case in RESUMES])
+def test_checkpoint_resumes_on_another_layout(tmp_path, name, saved, resumed, model) -> None:
+    """Saved after step 5 under one layout, resumed under another: steps 6..10 log what the
+    uninterrupted run logged (weights, AdamW moments, scheduler and data position all carried)."""
+    uninterrupted = _run(saved[1], saved[0], model, save_to=str(tmp_path), save_at=5)
+    continued = _run(resumed[1], resumed[0], model, resume_from=str(tmp_path))
+    assert continued["step"] == [6, 7, 8, 9, 10]
+    assert continued["loss"] == pytest.approx(uninterrupted["loss"][5:], rel=1e-5), name
+    assert continued["grad_norm"] == pytest.approx(uninterrupted["grad_norm"][5:], rel=1e-5), name
+
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path", "message"),
+    [
+        (
+            ["parallel.strategy=mesh", "parallel.tp=3", "train.num_workers=3", "train.batch_size=33"],
+            "parallel.tp",
+            "model.n_heads=4 must be divisible by tp=3",
+        ),
+        (["parallel.strategy=pp"], "model.tie_embeddings", "first and last stage are on different ranks"),
+        (["parallel.strategy=pp", "model.tie_embeddings=false", "data.packing=documents"], "data.packing", "concat"),
+        (["parallel.strategy=mesh", "parallel.dp_shard=4"], "parallel", "must equal train.num_workers (2)"),
+        (["parallel.strategy=tp", "data.seq_len=127"], "parallel.sequence_parallel", "divisible by tp=2"),
+        (["parallel.strategy=ddp", "parallel.cpu_offload=true"], "parallel.cpu_offload", "needs dp_shard > 1"),
+        (
+            ["parallel.strategy=pp", "model.tie_embeddings=false", "parallel.pp_microbatches=5"],
+            "parallel.pp_microbatches",
+            "do not split into 5",
+        ),
+    ],
+)
+def test_a_layout_that_does_not_fit_the_experiment_is_one_line_before_launch(overrides, path, message) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(QUICKSTART, overrides)
+    assert caught.value.path == path
+    assert message in caught.value.problem and "\n" not in str(caught.value)

@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_dedup.add_argument("--docs", type=int, default=100_000)
     bench_dedup.add_argument("--threshold", type=float, default=0.8)
     bench_dedup.set_defaults(handler=_bench_dedup)
-    from llmlab.bench.arguments import add_attention_arguments, add_unpadding_arguments
+    from llmlab.bench.arguments import add_attention_arguments, add_parallel_arguments, add_unpadding_arguments
 
     bench_model = bench_commands.add_parser(
         "model",
@@ -100,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_attention_arguments(bench_attention)
     bench_attention.set_defaults(handler=_bench)
+    bench_parallel = bench_commands.add_parser(
+        "parallel",
+        help="per-rank parameter, gradient and optimizer memory and step time of DDP, ZeRO-1/2/3 and TP "
+        "beside the ZeRO paper's formulas",
+    )
+    add_parallel_arguments(bench_parallel)
+    bench_parallel.set_defaults(handler=_bench)
 
     ui = commands.add_parser("ui", help="the MLflow UI over the local store, on 127.0.0.1")
     ui.add_argument("--uri", help="tracking store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
@@ -289,7 +296,7 @@ def _bench_dedup(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    """`llmlab bench model|unpadding|attention`: no Ray and no MLflow (they run on a bare GPU
+    """`llmlab bench model|unpadding|attention|parallel`: no Ray and no MLflow (they run on a bare GPU
     machine with torch and transformers only); each module reads its options and reports."""
     module = importlib.import_module(f"llmlab.bench.{args.bench_command}")
     try:

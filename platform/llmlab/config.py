@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from llmlab.data.config import DataConfig
 from llmlab.data.objectives.config import ARCHITECTURE, ObjectiveConfig
 from llmlab.model.config import ModelConfig
+from llmlab.parallel.config import ParallelConfig
+from llmlab.parallel.fit import check_batch, check_pipeline, check_tensor_parallel
 from llmlab.tracking.config import TrackingConfig
 from llmlab.train.config import TrainConfig
 from llmlab.tune.config import SweepConfig
@@ -32,12 +34,6 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ParallelConfig(_Section):
-    strategy: Literal["ddp"] = Field(
-        "ddp", description="How workers share the work; ddp replicates the model on every worker."
-    )
 
 
 class FinetuneConfig(_Section):
@@ -145,10 +141,17 @@ class ExperimentConfig(_Section):
                 f"data.packing: documents packs documents end to end, but {', '.join(objective.type)} "
                 "trains on one example per row; use concat (the default) or padded"
             )
+        dims = self.parallel.dims(self.train.num_workers)
+        self.parallel.check_options(dims)
+        check_tensor_parallel(dims, self.model, self.data.seq_len, self.parallel.sequence_parallel)
+        check_pipeline(
+            self.parallel, dims, self.model, self.data.packing, objective.type, self.data.mixture is not None
+        )
         try:
-            self.train.check_batch_layout(dp_size=self.train.num_workers)
+            self.train.check_batch_layout(dp_size=dims.dp)
         except ValueError as err:
             raise ValueError(f"train.batch_size: {err}") from None
+        check_batch(self.parallel, dims, self.train.batch_size, self.train.grad_accum)
         return self
 
 

@@ -6,6 +6,7 @@ the workers logs step metrics into it, and one worker per node its system metric
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +30,6 @@ from llmlab.data.sources import expand_paths
 from llmlab.data.tokenizer import eos_id, load_tokenizer, pad_id
 from llmlab.tracking.runs import log_params, log_report, marks_failure, open_run
 from llmlab.tracking.store import TrackingStore, check_reachable, resolve_store
-from llmlab.train.checkpoint import load_model_state
 from llmlab.train.evaluate import OVERALL
 from llmlab.train.export import export_hf
 from llmlab.train.trainer import WorkerSpec, fit
@@ -254,12 +254,11 @@ def _train_and_log(
         heldout_manifests=heldout,
         separator_id=eos_id(tokenizer),
         pad_id=pad_id(tokenizer),
+        fault_at_step=int(os.environ.get("LLMLAB_FAULT_AT_STEP", "0")),
     )
     result = fit(exp, spec, storage, use_gpu, callbacks=train_callbacks)
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint; see the worker logs above")
-    with result.checkpoint.as_directory() as folder:
-        state_dict = load_model_state(folder)
-    with tempfile.TemporaryDirectory() as folder:
-        export_hf(exp.model, vocab_size, state_dict, tokenizer, Path(folder) / "model")
-        client.log_artifacts(run_id, str(Path(folder) / "model"), "model")
+    with result.checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
+        export_hf(exp.model, vocab_size, folder, tokenizer, Path(out) / "model")
+        client.log_artifacts(run_id, str(Path(out) / "model"), "model")

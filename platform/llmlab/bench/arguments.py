@@ -25,6 +25,21 @@ def add_unpadding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, help="timed rounds; the best counts (default 3)")
 
 
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ranks", type=int, nargs="+", help="process counts, each a gloo group (default 2 4)")
+    parser.add_argument("--d-model", type=int, help="decoder width (default 128)")
+    parser.add_argument("--n-layers", type=int, help="decoder blocks (default 4)")
+    parser.add_argument("--n-heads", type=int, help="attention heads, divisible by every rank count (default 4)")
+    parser.add_argument("--vocab", type=int, dest="vocab_size", help="vocabulary size (default 2048)")
+    parser.add_argument("--seq-len", type=int, help="tokens per row (default 128)")
+    parser.add_argument("--batch", type=int, help="global rows per step, divisible by every rank count (default 8)")
+    parser.add_argument("--warmup", type=int, help="untimed steps per strategy (default 2)")
+    parser.add_argument("--steps", type=int, help="timed steps per strategy and round (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds the strategies take turns in; the median step counts (default 3)"
+    )
+
+
 def given(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, object]:
     """The named arguments the command line set, each checked to be at least 1."""
     values = {name: getattr(args, name, None) for name in names}

@@ -24,13 +24,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_dir: str, args: tuple) -> None:
+def _entry(
+    rank: int, fn: Callable[..., Any], world_size: int, port: int, out_dir: str, args: tuple, kwargs: dict
+) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)  # N processes share the machine's cores
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    result = fn(*args)  # an exception propagates to spawn() with its traceback
+    result = fn(*args, **kwargs)  # an exception propagates to spawn() with its traceback
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
@@ -40,12 +42,12 @@ def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_di
     os._exit(0)
 
 
-def spawn(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
-    """fn(*args) on every rank of a fresh gloo group; the list of each rank's return value.
+def spawn(fn: Callable[..., Any], world_size: int, *args: Any, **kwargs: Any) -> list[Any]:
+    """fn(*args, **kwargs) on every rank of a fresh gloo group; the list of each rank's return value.
 
     fn must be importable (a module-level function) and return tensors and plain data."""
     with tempfile.TemporaryDirectory() as out_dir:
         mp.start_processes(
-            _entry, args=(fn, world_size, _free_port(), out_dir, args), nprocs=world_size, start_method="spawn"
+            _entry, args=(fn, world_size, _free_port(), out_dir, args, kwargs), nprocs=world_size, start_method="spawn"
         )
         return [torch.load(Path(out_dir) / f"rank{rank}.pt", weights_only=True) for rank in range(world_size)]

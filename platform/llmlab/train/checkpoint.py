@@ -1,9 +1,13 @@
-"""Checkpoints holding everything a run needs to continue exactly where it stopped.
+"""Checkpoints holding everything a run needs to continue exactly where it stopped, on any layout.
 
-Rank 0 writes the model, optimizer and scheduler; every rank writes its own RNG state (dropout
-streams differ per rank). Without a mixture the data position needs no state of its own: the
-batch at step k is a function of the seed and k (see `llmlab.data.sampler`), so the step count is
-the position. A mixture's draws depend on the weight history, so its state is saved too.
+Model and optimizer state go through `torch.distributed.checkpoint` (DCP): every rank writes the
+shards it holds, keyed by the model's own parameter names, and a later run reads the pieces its
+own layout needs — FSDP shards, tensor-parallel slices, pipeline stages or whole tensors — so a run
+saved under one layout resumes under another (or loads into a plain model in one process).
+Rank 0 writes the scheduler and step; every rank writes its own RNG state (dropout streams differ
+per rank). Without a mixture the data position needs no state of its own: the batch at step k is
+a function of the seed and k (see `llmlab.data.sampler`), so the step count is the position. A
+mixture's draws depend on the weight history, so its state is saved too.
 """
 
 from __future__ import annotations
@@ -15,15 +19,24 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.optim import ZeroRedundancyOptimizer
 
-STATE_FILE = "state.pt"
+SHARDS_DIR = "dcp"
+TRAINER_FILE = "trainer.pt"
 META_FILE = "meta.json"
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model under a DDP (or similar) wrapper."""
-    return getattr(model, "module", model)
+# Optimizer state keyed per parameter name ("state.<name>.exp_avg"), not by position in a
+# parameter group, so that any subset of parameters (a pipeline stage) finds its own.
+_FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def rng_state() -> dict[str, Any]:
@@ -48,6 +61,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _plain_copy(optimizer: ZeroRedundancyOptimizer) -> torch.optim.Optimizer:
+    """A plain optimizer of the same class over the same parameter groups (and hyperparameters)."""
+    groups = [dict(group) for group in optimizer.param_groups]  # every parameter, not the partition
+    return type(optimizer.optim)(groups, **optimizer.defaults)
+
+
+def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state keyed by parameter name. ZeRO-1 ranks each hold a partition: it is
+    consolidated on rank 0 (the only one to return it) and stored as a plain optimizer's, which
+    any layout reads."""
+    if not isinstance(optimizer, ZeroRedundancyOptimizer):
+        return get_optimizer_state_dict(model, optimizer, options=_FLAT)
+    optimizer.consolidate_state_dict(to=0)
+    if dist.get_rank() != 0:
+        return {}
+    plain = _plain_copy(optimizer)
+    plain.load_state_dict(optimizer.state_dict())
+    return get_optimizer_state_dict(model, plain, options=_FLAT)
+
+
 def save_checkpoint(
     directory: str | Path,
     *,
@@ -58,22 +91,27 @@ def save_checkpoint(
     rank: int = 0,
     data_state: dict[str, Any] | None = None,
 ) -> None:
-    """`data_state`: where the data stream stands (a mixture's sampler and weights), kept as JSON
+    """Collective: every rank calls it with its part of the model (the layout's `module`).
+    `data_state`: where the data stream stands (a mixture's sampler and weights), kept as JSON
     next to the weights (rank 0's: every rank holds the same)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    state = {"model": get_model_state_dict(model), "optim": _optimizer_state(model, optimizer)}
+    dcp.save(state, checkpoint_id=directory / SHARDS_DIR)
     if rank == 0:
-        torch.save(
-            {
-                "model": unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": step,
-            },
-            directory / STATE_FILE,
-        )
+        torch.save({"scheduler": scheduler.state_dict(), "step": step}, directory / TRAINER_FILE)
         (directory / META_FILE).write_text(json.dumps({"step": step, "data": data_state}))
     torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
+
+
+def _load_optimizer(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    # ZeRO-1 reads the whole state into a plain optimizer, then keeps its own partition.
+    target = _plain_copy(optimizer) if isinstance(optimizer, ZeroRedundancyOptimizer) else optimizer
+    state = {"optim": get_optimizer_state_dict(model, target, options=_FLAT)}
+    dcp.load(state, checkpoint_id=directory / SHARDS_DIR)
+    set_optimizer_state_dict(model, target, state["optim"], options=_FLAT)
+    if target is not optimizer:
+        optimizer.load_state_dict(target.state_dict())
 
 
 def load_checkpoint(
@@ -84,26 +122,29 @@ def load_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     rank: int = 0,
 ) -> int:
-    """Restore in place and return the number of steps already taken."""
+    """Restore in place (collective, like saving) and return the number of steps already taken."""
     directory = Path(directory)
-    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
-    unwrap(model).load_state_dict(state["model"])
+    load_model_weights(directory, model)
     if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        _load_optimizer(directory, model, optimizer)
+    trainer_state = torch.load(directory / TRAINER_FILE, map_location="cpu", weights_only=True)
     if scheduler is not None:
-        scheduler.load_state_dict(state["scheduler"])
+        scheduler.load_state_dict(trainer_state["scheduler"])
     rng_file = directory / f"rng_rank{rank}.pt"
     # A run resumed on more workers than it saved has no stream for the new ranks: they keep
     # the seed-derived stream they started with.
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=True))
-    return int(state["step"])
+    return int(trainer_state["step"])
+
+
+def load_model_weights(directory: str | Path, model: nn.Module) -> None:
+    """Load a checkpoint's weights into `model`, whole or laid out (any layout, any process count)."""
+    state = {"model": get_model_state_dict(model)}
+    dcp.load(state, checkpoint_id=Path(directory) / SHARDS_DIR)
+    set_model_state_dict(model, state["model"])
 
 
 def load_data_state(directory: str | Path) -> dict[str, Any] | None:
     """The `data_state` saved with a checkpoint (None for one saved without)."""
     return json.loads((Path(directory) / META_FILE).read_text()).get("data")
-
-
-def load_model_state(directory: str | Path) -> dict[str, torch.Tensor]:
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)["model"]

@@ -48,6 +48,11 @@ class TrainConfig(BaseModel):
     eval_sequences: int = Field(
         64, gt=0, description="Held-out sequences scored per domain at each evaluation (the first N of each)."
     )
+    max_failures: int = Field(
+        0,
+        ge=-1,
+        description="Times the workers restart after one dies (each time from the last checkpoint); -1: no limit.",
+    )
     keep_checkpoints: int = Field(2, gt=0, description="Checkpoints kept in storage (newest first).")
     storage_path: str = Field(
         "results",

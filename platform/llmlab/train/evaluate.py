@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from llmlab.data.shards import TokenShards
+from llmlab.parallel import Parallelised
 from llmlab.train.loop import resolve_precision
 from llmlab.train.objectives import Clm, Objective
 from llmlab.train.rows import CONCAT, RowFormat
@@ -38,10 +39,12 @@ def evaluate(
     precision: str = "auto",
     row_format: RowFormat = CONCAT,
     objective: Objective | None = None,
+    parallel: Parallelised | None = None,
 ) -> dict[str, float]:
     """{"eval_loss": the objective's loss over every scored held-out unit, "eval_loss/<domain>": per
     domain}. For clm (the default, on rows laid out as `row_format` says) the mean next-token loss;
-    for a loss of several terms (mlm + nsp) the sum of each term's mean."""
+    for a loss of several terms (mlm + nsp) the sum of each term's mean. Under pipeline
+    parallelism (`parallel.pipeline`) `micro_batch` must be the rows of one training step."""
     objective = objective if objective is not None else Clm(row_format)
     autocast_dtype = resolve_precision(precision, device)
     was_training = model.training
@@ -49,15 +52,14 @@ def evaluate(
     # Per domain and loss term: (summed loss, scored units), reduced over ranks in one all-reduce.
     totals: torch.Tensor | None = None
     for index, rows in enumerate(rows_by_domain.values()):
-        for chunk in rows.split(micro_batch):
+        for chunk in _chunks(rows, micro_batch, wrap=parallel is not None and parallel.pipeline is not None):
             chunk = chunk.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                terms = objective.terms(model, chunk)
+                sums_K, counts_K = _score(model, chunk, objective, row_format, parallel)
             if totals is None:
-                shape = (len(rows_by_domain), terms.sums_BK.shape[1], 2)
-                totals = torch.zeros(shape, dtype=torch.float64, device=device)
-            totals[index, :, 0] += terms.sums_BK.double().sum(0)  # stays on the device: no sync per batch
-            totals[index, :, 1] += terms.counts_BK.double().sum(0)
+                totals = torch.zeros((len(rows_by_domain), len(sums_K), 2), dtype=torch.float64, device=device)
+            totals[index, :, 0] += sums_K  # stays on the device: no sync per batch
+            totals[index, :, 1] += counts_K
     model.train(was_training)
     assert totals is not None, "evaluate needs held-out rows"
     if dist.is_available() and dist.is_initialized():
@@ -67,6 +69,37 @@ def evaluate(
     for index, domain in enumerate(rows_by_domain):
         metrics[f"{OVERALL}/{domain}"] = float((totals[index, :, 0] / totals[index, :, 1]).sum())
     return metrics
+
+
+def _chunks(rows: torch.Tensor, size: int, wrap: bool) -> list[torch.Tensor]:
+    """rows in chunks of `size`; with `wrap` the last chunk is filled up from the first rows (a
+    pipeline runs one batch shape), as heldout_indices fills up ranks."""
+    chunks = list(rows.split(size))
+    if wrap and len(chunks[-1]) < size:
+        fill = torch.arange(size - len(chunks[-1])) % len(rows)
+        chunks[-1] = torch.cat([chunks[-1], rows[fill]])
+    return chunks
+
+
+def _score(
+    model: nn.Module,
+    chunk: torch.Tensor,
+    objective: Objective,
+    row_format: RowFormat,
+    parallel: Parallelised | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, scored units) of each loss term over a chunk, float64. Tensor-parallel ranks
+    count the same rows alike, which leaves the ratios the metrics take unchanged."""
+    if parallel is None or parallel.pipeline is None:
+        terms = objective.terms(model, chunk)
+        return terms.sums_BK.double().sum(0), terms.counts_BK.double().sum(0)
+    # Only the last stage knows the loss: the other ranks count nothing.
+    batch = row_format.split(chunk)
+    mean = parallel.pipeline.evaluate(batch.inputs_BL, batch.targets_BL).double()
+    scored = torch.tensor([float(objective.scored_tokens(chunk))], dtype=torch.float64, device=chunk.device)
+    if not parallel.layout.reports_loss:
+        scored.zero_()
+    return mean * scored, scored
 
 
 def load_heldout(

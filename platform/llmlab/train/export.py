@@ -5,26 +5,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer
 
 from llmlab.model import ModelConfig, build_model
+from llmlab.train.checkpoint import load_model_weights
 
 
 def export_hf(
     model_cfg: ModelConfig,
     vocab_size: int,
-    state_dict: dict[str, torch.Tensor],
+    checkpoint_dir: str | Path,
     tokenizer: Tokenizer,
     out_dir: Path,
 ) -> Path:
+    """The weights of a training checkpoint (saved under any parallel layout) as a Hugging Face folder."""
     from transformers import PreTrainedTokenizerFast
 
     from llmlab.data.tokenizer import EOS_TOKEN, PAD_TOKEN
     from llmlab.model import LlmlabForCausalLM, LlmlabForPreTraining, LlmlabForSeq2SeqLM
 
     model = build_model(model_cfg, vocab_size=vocab_size)
-    model.load_state_dict(state_dict)
+    load_model_weights(checkpoint_dir, model)
     if model_cfg.architecture == "encoder":
         wrapper = LlmlabForPreTraining.from_model(model, pad_token_id=tokenizer.token_to_id(PAD_TOKEN))
     elif model_cfg.architecture == "encoder_decoder":

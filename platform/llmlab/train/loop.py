@@ -18,7 +18,7 @@ from torch import nn
 
 from llmlab.parallel import Parallelised
 from llmlab.train.config import TrainConfig
-from llmlab.train.objectives import Clm, Objective, token_cross_entropy
+from llmlab.train.objectives import Clm, Objective, mean_token_loss, token_cross_entropy
 from llmlab.train.rows import CONCAT, RowFormat
 
 # Step index (0-based) → this rank's micro-batches of shard rows, each (micro_batch, row_len).
@@ -69,8 +69,8 @@ def token_losses(
 
 def next_token_loss(model: nn.Module, rows: torch.Tensor, row_format: RowFormat = CONCAT) -> torch.Tensor:
     """Mean cross-entropy of predicting rows[:, 1:] from rows[:, :-1] over the scored targets, in float32."""
-    losses_BL, scored_BL = token_losses(model, rows, row_format)
-    return losses_BL.sum() / scored_BL.sum().clamp(min=1)
+    batch = row_format.split(rows)
+    return mean_token_loss(model(batch.inputs_BL, **batch.model_kwargs()), batch.targets_BL)
 
 
 def train(

@@ -52,6 +52,13 @@ def token_cross_entropy(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> tu
     return losses_BL, labels_BL != IGNORE_INDEX
 
 
+def mean_token_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the scored labels, float32 (a pipeline's last stage scores each
+    microbatch with it)."""
+    losses_BL, scored_BL = token_cross_entropy(logits_BLV, labels_BL)
+    return losses_BL.sum() / scored_BL.sum().clamp(min=1)
+
+
 def _token_terms(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy of each row over its scored labels, scored labels per row), float32."""
     losses_BL, scored_BL = token_cross_entropy(logits_BLV, labels_BL)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import signal
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,7 +32,7 @@ from llmlab.train.checkpoint import load_checkpoint, load_data_state, save_check
 from llmlab.train.evaluate import OVERALL, evaluate, load_heldout
 from llmlab.train.loop import StepMetrics, train
 from llmlab.train.mixing import MixedBatches
-from llmlab.train.objectives import build_objective
+from llmlab.train.objectives import build_objective, mean_token_loss
 from llmlab.train.optim import build_optimizer, build_scheduler
 from llmlab.train.progress import format_progress
 from llmlab.train.rows import RowFormat
@@ -49,6 +51,9 @@ class WorkerSpec:
     heldout_manifests: dict[str, str] = field(default_factory=dict)  # domain -> manifest URI
     separator_id: int = -1  # the tokenizer's EOS, which ends every document
     pad_id: int = -1  # the tokenizer's PAD, which fills padded rows
+    # Fault drill: the last rank kills itself (SIGKILL) on reaching this step, unless the run
+    # resumed from a checkpoint; 0: never. Set from $LLMLAB_FAULT_AT_STEP by the driver.
+    fault_at_step: int = 0
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -62,17 +67,32 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
 
+    dims = exp.parallel.dims(world_size)
+    layout = parallel.build_layout(dims, device)
+    row_format = RowFormat(exp.data.packing, spec.separator_id, spec.pad_id)
+    shards = TokenShards(spec.manifest_uri)
+    objective = build_objective(exp.objective.type, shards.manifest.layout, row_format)
     # Same seed on every rank: identical initial weights without a broadcast.
     torch.manual_seed(exp.train.seed)
     model = build_model(exp.model, vocab_size=spec.vocab_size).to(device)
-    optimizer = build_optimizer(model, exp.train)
+    laid_out = parallel.apply(
+        model,
+        exp.parallel,
+        layout,
+        device,
+        pipeline_loss=mean_token_loss,
+        microbatches=exp.parallel.microbatches(dims, exp.train.grad_accum),
+    )
+    optimizer = build_optimizer(laid_out.module, exp.train, laid_out.zero1_group)
     scheduler = build_scheduler(optimizer, exp.train)
-    torch.manual_seed(exp.train.seed * 7919 + rank + 1)  # per-rank dropout stream
-    shards = TokenShards(spec.manifest_uri)
+    # Dropout streams per data-parallel slice: tensor-parallel ranks of one slice compute on the same
+    # replicated activations and must drop the same units.
+    torch.manual_seed(exp.train.seed * 7919 + layout.dp_rank + 1)
+    dp_rank, dp_size = layout.dp_rank, layout.dp_size
     mixture = exp.data.mixture
     if mixture is None:
         sampler = GlobalBatchSampler(len(shards), exp.train.batch_size, exp.train.seed)
-        batches = rank_batches(shards, sampler, rank, world_size, exp.train.grad_accum)
+        batches = rank_batches(shards, sampler, dp_rank, dp_size, exp.train.grad_accum)
         mixed = None
     else:
         batches = mixed = MixedBatches(
@@ -82,31 +102,36 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             {source.name: source.weight for source in exp.data.sources if source.weight is not None},
             batch_size=exp.train.batch_size,
             seed=exp.train.seed,
-            dp_rank=rank,
-            dp_size=world_size,
+            dp_rank=dp_rank,
+            dp_size=dp_size,
             grad_accum=exp.train.grad_accum,
         )
     start_step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            start_step = load_checkpoint(folder, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
+            start_step = load_checkpoint(
+                folder, model=laid_out.module, optimizer=optimizer, scheduler=scheduler, rank=rank
+            )
             data_state = load_data_state(folder)
         if mixed is not None and data_state is not None:
             mixed.load_state_dict(data_state)
         if rank == 0:
             print(f"[{spec.run_name}] resuming from the checkpoint at step {start_step}", flush=True)
-    model = parallel.apply(model, exp.parallel.strategy, device)
+    if rank == 0 and world_size > 1:
+        print(f"[{spec.run_name}] parallel layout: {dims.describe()}", flush=True)
 
-    row_format = RowFormat(exp.data.packing, spec.separator_id, spec.pad_id)
-    objective = build_objective(exp.objective.type, shards.manifest.layout, row_format)
-    heldout = load_heldout(spec.heldout_manifests, exp.train.eval_sequences, rank, world_size)
-    micro_batch = exp.train.batch_size // (world_size * exp.train.grad_accum)
+    heldout = load_heldout(spec.heldout_manifests, exp.train.eval_sequences, dp_rank, dp_size)
+    micro_batch = exp.train.batch_size // (dp_size * exp.train.grad_accum)
+    # A pipeline evaluates batches of the shape it trains on: one step's rows.
+    eval_batch = micro_batch * exp.train.grad_accum if dims.pp > 1 else micro_batch
     logger = MetricLogger(spec.tracking_uri, spec.run_id) if rank == 0 else None
 
     completed: list[StepMetrics] = []  # the last finished step, for a run that stops early
 
     def on_step(metrics: StepMetrics, stopped_early: bool = False) -> None:
+        if metrics.step == spec.fault_at_step and start_step == 0 and rank == world_size - 1:
+            os.kill(os.getpid(), signal.SIGKILL)
         values = {} if stopped_early else metrics.as_dict()  # an early stop re-visits a logged step
         if mixed is not None and not stopped_early:
             values.update(mixed.metrics(metrics.group_loss))  # the weights this step drew with
@@ -115,7 +140,18 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         is_last = metrics.step == exp.train.max_steps or stopped_early
         is_eval = bool(heldout) and (metrics.step % exp.train.eval_every == 0 or is_last)
         if is_eval:
-            values.update(evaluate(model, heldout, micro_batch, device, exp.train.precision, row_format, objective))
+            values.update(
+                evaluate(
+                    laid_out.model,
+                    heldout,
+                    eval_batch,
+                    device,
+                    exp.train.precision,
+                    row_format,
+                    objective,
+                    parallel=laid_out,
+                )
+            )
         if logger is not None:
             logger.log(metrics.step, values)
         is_checkpoint = metrics.step % exp.train.checkpoint_every == 0 or is_last
@@ -132,7 +168,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(
                 folder,
-                model=model,
+                model=laid_out.module,
                 optimizer=optimizer,
                 scheduler=scheduler,
                 step=metrics.step,
@@ -156,7 +192,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     with monitor:
         try:
             train(
-                model,
+                laid_out.model,
                 optimizer,
                 scheduler,
                 batches,
@@ -168,6 +204,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 num_groups=len(exp.data.domains) if mixed is not None else 0,
                 row_format=row_format,
                 objective=objective,
+                parallel=laid_out,
             )
         except DomainExhausted as err:  # every rank draws the same batches: all stop at this step
             if rank == 0:
@@ -202,6 +239,7 @@ def fit(
             name=spec.run_name,
             storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=exp.train.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=exp.train.max_failures),
             # Ray Train logs every report at INFO; the progress line already says what matters.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=list(callbacks),
