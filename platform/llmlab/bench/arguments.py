@@ -8,6 +8,9 @@ functions. Defaults live in each benchmark's config dataclass: None here means "
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from types import ModuleType
 
 
 def add_attention_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,3 +51,20 @@ def given(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, object]
         if value is not None and any(isinstance(n, int) and n < 1 for n in numbers):
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
     return {name: value for name, value in values.items() if value is not None}
+
+
+def run_standalone(
+    module: ModuleType, add_arguments: Callable[[argparse.ArgumentParser], None], argv: list[str] | None
+) -> int:
+    """`python -m llmlab.bench.<name>`: the bench without the llmlab CLI (no Ray or MLflow needed, as
+    on a bare GPU machine); the module's first docstring line describes it. A bad option is one line."""
+    name = module.__name__
+    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=(module.__doc__ or name).splitlines()[0])
+    add_arguments(parser)
+    try:
+        cfg = module.config_from_args(parser.parse_args(argv))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    module.report(cfg)
+    return 0

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llmlab.bench.arguments import add_attention_arguments, given
+from llmlab.bench.arguments import add_attention_arguments, given, run_standalone
 from llmlab.model.attention import ATTENTION_BACKENDS, AttentionBackend
 from llmlab.model.masks import AttentionContext, AttentionPattern
 
@@ -228,15 +228,7 @@ def config_from_args(args: argparse.Namespace) -> AttentionBench:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmlab.bench.attention", description=__doc__.splitlines()[0])
-    add_attention_arguments(parser)
-    try:
-        cfg = config_from_args(parser.parse_args(argv))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    report(cfg)
-    return 0
+    return run_standalone(sys.modules[__name__], add_attention_arguments, argv)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from llmlab.bench.arguments import run_standalone
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -532,18 +534,7 @@ def report(cfg: BenchConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m llmlab.bench.model",
-        description="Training tokens/s of llmlab's Transformer against Hugging Face Llama of the same shape.",
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ValueError as err:
-        parser.error(str(err))
-    report(cfg)
-    return 0
+    return run_standalone(sys.modules[__name__], add_arguments, argv)
 
 
 if __name__ == "__main__":

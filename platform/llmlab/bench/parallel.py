@@ -27,7 +27,7 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
 
 from llmlab import parallel
-from llmlab.bench.arguments import add_parallel_arguments, given
+from llmlab.bench.arguments import add_parallel_arguments, given, run_standalone
 from llmlab.model import ModelConfig, build_model
 from llmlab.parallel.spawn import spawn
 from llmlab.train.config import TrainConfig
@@ -333,18 +333,7 @@ def config_from_args(args: argparse.Namespace) -> ParallelBench:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m llmlab.bench.parallel",
-        description="Per-rank memory and step time of DDP, ZeRO-1/2/3 and TP beside the ZeRO paper's formulas.",
-    )
-    add_parallel_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ValueError as err:
-        parser.error(str(err))
-    report(cfg)
-    return 0
+    return run_standalone(sys.modules[__name__], add_parallel_arguments, argv)
 
 
 if __name__ == "__main__":
