@@ -1,4 +1,5 @@
-"""Every parallel layout trains like one process: 10 AdamW steps with clipping active, float32, gloo.
+"""Every parallel layout trains like one process: 10 AdamW steps with clipping active, float32, gloo
+(2 to 8 processes).
 
 Each case starts its ranks with llmlab.parallel.spawn (real process groups), trains the same
 tiny decoder from the same seed on the same global batches (tests/parallel_cases.py), and
@@ -39,6 +40,7 @@ CASES = [
     ("pp×dp", {"strategy": "mesh", "pp": 2, "dp_replicate": 2}, 4, UNTIED),
     ("pp×tp", {"strategy": "mesh", "pp": 2, "tp": 2}, 4, UNTIED),
     ("pp×fsdp", {"strategy": "mesh", "pp": 2, "dp_shard": 2}, 4, UNTIED),
+    ("pp×fsdp×tp", {"strategy": "mesh", "pp": 2, "dp_shard": 2, "tp": 2}, 8, UNTIED),
 ]
 
 

@@ -110,21 +110,21 @@ class Pipeline:
 
     def step(self, inputs_BL: torch.Tensor, targets_BL: torch.Tensor) -> torch.Tensor:
         """Forward and backward of one batch; the mean microbatch loss on the last stage's rank, else 0."""
-        args = (inputs_BL,) if self.has_first else ()
-        if not self.has_last:
-            self.schedule.step(*args)
-            return torch.zeros((), device=inputs_BL.device)
-        losses: list[torch.Tensor] = []
-        self.schedule.step(*args, target=targets_BL, losses=losses)
-        return torch.stack([loss.detach().float() for loss in losses]).mean()
+        return self._run(self.schedule.step, inputs_BL, targets_BL)
 
     @torch.no_grad()
     def evaluate(self, inputs_BL: torch.Tensor, targets_BL: torch.Tensor) -> torch.Tensor:
         """Forward only; the mean microbatch loss on the last stage's rank, else 0."""
+        return self._run(self.schedule.eval, inputs_BL, targets_BL)
+
+    def _run(
+        self, schedule_call: Callable[..., object], inputs_BL: torch.Tensor, targets_BL: torch.Tensor
+    ) -> torch.Tensor:
+        # The first stage's rank feeds the inputs; the last stage's rank scores against the targets.
         args = (inputs_BL,) if self.has_first else ()
         if not self.has_last:
-            self.schedule.eval(*args)
+            schedule_call(*args)
             return torch.zeros((), device=inputs_BL.device)
         losses: list[torch.Tensor] = []
-        self.schedule.eval(*args, target=targets_BL, losses=losses)
+        schedule_call(*args, target=targets_BL, losses=losses)
         return torch.stack([loss.detach().float() for loss in losses]).mean()
