@@ -162,6 +162,10 @@ def run_experiment(
     connect_ray(exp.cluster, exp.train)
     quiet_data_progress()
     use_gpu = exp.train.device == "cuda" or (exp.train.device == "auto" and cluster_has_gpus())
+    if exp.parallel.cpu_offload and not use_gpu:
+        raise ConfigError(
+            "parallel.cpu_offload", "moves sharded state from GPU to CPU memory, but this run trains on CPUs; remove it"
+        )
     client = MlflowClient(store.uri)
     run_id, resumed = open_run(client, store, exp.tracking.experiment, run_name, parent_run_id=parent_run_id)
     say(f"[{run_name}] {'resuming' if resumed else 'started'} MLflow run {run_id} in {store.uri}")

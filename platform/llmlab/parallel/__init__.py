@@ -7,12 +7,14 @@ checkpointing, then pipeline stages, tensor parallelism within each, and data pa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor.parallel import loss_parallel
 from torch.utils.checkpoint import checkpoint
 
 from llmlab.model.layers import Block
@@ -47,6 +49,12 @@ class Parallelised:
     model: nn.Module
     layout: Layout
     pipeline: Pipeline | None = None
+    loss_parallel: bool = False  # logits come split over the vocabulary (see loss_context)
+
+    def loss_context(self) -> contextlib.AbstractContextManager:
+        """Where forward, loss and backward run: under `loss_parallel()` the cross-entropy works on
+        vocabulary-sharded logits (and their gradient stays sharded)."""
+        return loss_parallel() if self.loss_parallel else contextlib.nullcontext()
 
     @property
     def module(self) -> nn.Module:
@@ -95,7 +103,7 @@ def _shard_data_parallel(
 
 def _tensor_parallel(model: nn.Module, config: ParallelConfig, layout: Layout) -> None:
     if layout.dims.tp > 1:
-        apply_tp(model, layout.submesh("tp"), config.sequence_parallel)
+        apply_tp(model, layout.submesh("tp"), config.sequence_parallel, config.loss_parallel)
         if config.sequence_parallel and hasattr(model, "sequence_shards"):
             model.sequence_shards = layout.dims.tp
 
@@ -120,7 +128,9 @@ def apply(
         return Parallelised(model, layout)
     if dims.pp == 1:
         _tensor_parallel(model, config, layout)
-        return Parallelised(_shard_data_parallel(model, config, layout, device), layout)
+        return Parallelised(
+            _shard_data_parallel(model, config, layout, device), layout, loss_parallel=config.loss_parallel
+        )
     if pipeline_loss is None:
         raise ValueError("pipeline parallelism needs the loss to compute on the last stage")
     ids = stage_ids(layout.pp_rank, dims.pp, config.pp_stages_per_rank)
@@ -132,4 +142,4 @@ def apply(
     pipeline = Pipeline(
         runnable, ids, num_stages, config.pp_schedule, microbatches, pipeline_loss, device, layout.group("pp")
     )
-    return Parallelised(rank_module, layout, pipeline)
+    return Parallelised(rank_module, layout, pipeline, loss_parallel=config.loss_parallel)

@@ -79,6 +79,11 @@ class ParallelConfig(BaseModel):
     sequence_parallel: bool = Field(
         True, description="tp: shard norms and dropout over the sequence (Megatron-SP) instead of replicating them."
     )
+    loss_parallel: bool = Field(
+        False,
+        description="tp: keep the logits split over the vocabulary and compute the cross-entropy on the shards, "
+        "instead of gathering [batch, sequence, vocab] logits on every rank.",
+    )
     pp_schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = Field(
         "1f1b", description="pp: microbatch schedule; interleaved_1f1b runs several stages per rank."
     )
@@ -145,6 +150,8 @@ class ParallelConfig(BaseModel):
             for key, default in (("mixed_precision", "fp32"), ("cpu_offload", False)):
                 if getattr(self, key) != default:
                     raise ValueError(f"parallel.{key}: an FSDP2 policy, which needs dp_shard > 1 (zero2/zero3)")
+        if self.loss_parallel and dims.tp == 1:
+            raise ValueError("parallel.loss_parallel: needs tensor parallelism (tp > 1)")
         interleaved = self.pp_schedule == "interleaved_1f1b"
         if dims.pp > 1 and interleaved != (self.pp_stages_per_rank > 1):
             raise ValueError(

@@ -28,6 +28,8 @@ def apply_fsdp(
         if mixed_precision == "bf16"
         else MixedPrecisionPolicy()
     )
+    if cpu_offload and mesh.device_type != "cuda":
+        raise ValueError("parallel.cpu_offload: moves sharded state from GPU to CPU memory; the mesh is on CPUs")
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
     for block in blocks:
         fully_shard(block, mesh=mesh, reshard_after_forward=zero >= 3, mp_policy=policy, offload_policy=offload)

@@ -28,9 +28,10 @@ def _has(module: nn.Module, name: str) -> bool:
     return not isinstance(getattr(module, name, None), (type(None), nn.Identity))
 
 
-def tp_plan(model: nn.Module, sequence_parallel: bool) -> dict[str, ParallelStyle]:
+def tp_plan(model: nn.Module, sequence_parallel: bool, loss_parallel: bool = False) -> dict[str, ParallelStyle]:
     """The plan of a decoder (or one pipeline stage of it: whichever of embedding, layers, final
-    norm and head it holds), keyed by module path."""
+    norm and head it holds), keyed by module path. With `loss_parallel` the head's logits stay
+    split over the vocabulary (a DTensor) for a cross-entropy under `loss_parallel()`."""
     between = Shard(1) if sequence_parallel else Replicate()  # layout of the residual stream
     plan: dict[str, ParallelStyle] = {}
     if _has(model, "embed_tokens"):
@@ -66,14 +67,20 @@ def tp_plan(model: nn.Module, sequence_parallel: bool) -> dict[str, ParallelStyl
     if sequence_parallel and _has(model, "norm"):
         plan["norm"] = SequenceParallel(use_local_output=True)
     if _has(model, "lm_head"):
-        plan["lm_head"] = ColwiseParallel(input_layouts=between, output_layouts=Replicate())
+        plan["lm_head"] = ColwiseParallel(
+            input_layouts=between,
+            output_layouts=Shard(-1) if loss_parallel else Replicate(),
+            use_local_output=not loss_parallel,
+        )
     return plan
 
 
-def apply_tp(model: nn.Module, mesh: DeviceMesh, sequence_parallel: bool = True) -> nn.Module:
+def apply_tp(
+    model: nn.Module, mesh: DeviceMesh, sequence_parallel: bool = True, loss_parallel: bool = False
+) -> nn.Module:
     """Shard `model` in place over the 1D tensor-parallel `mesh`."""
     tied = _has(model, "embed_tokens") and _has(model, "lm_head") and model.lm_head.weight is model.embed_tokens.weight
-    parallelize_module(model, mesh, tp_plan(model, sequence_parallel))
+    parallelize_module(model, mesh, tp_plan(model, sequence_parallel, loss_parallel))
     if tied:
         # Both styles shard the shared [V, D] matrix by rows, but each registers its own Parameter:
         # point the head back at the embedding's so that one tensor trains, as in one process.

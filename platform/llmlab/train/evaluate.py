@@ -6,6 +6,7 @@ so uneven counts would hang); each rank takes every dp_size-th of a domain's fir
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -54,7 +55,10 @@ def evaluate(
     for index, rows in enumerate(rows_by_domain.values()):
         for chunk in _chunks(rows, micro_batch, wrap=parallel is not None and parallel.pipeline is not None):
             chunk = chunk.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with (
+                parallel.loss_context() if parallel is not None else contextlib.nullcontext(),
+                torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
+            ):
                 sums_K, counts_K = _score(model, chunk, objective, row_format, parallel)
             if totals is None:
                 totals = torch.zeros((len(rows_by_domain), len(sums_K), 2), dtype=torch.float64, device=device)

@@ -98,6 +98,7 @@ def train(
     autocast_dtype = resolve_precision(cfg.precision, device)
     distributed = dist.is_available() and dist.is_initialized()
     max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+    loss_context = parallel.loss_context if parallel is not None else contextlib.nullcontext
     last: StepMetrics | None = None
     model.train()
     for step in range(start_step + 1, cfg.max_steps + 1):
@@ -111,7 +112,7 @@ def train(
         if parallel is not None and parallel.pipeline is not None:
             # The schedule splits this rank's rows into its own microbatches and runs backward.
             batch = row_format.split(torch.cat(list(micro_batches)).to(device, non_blocking=True))
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with loss_context(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 loss_mean = parallel.pipeline.step(batch.inputs_BL, batch.targets_BL)
         else:
             for index, rows in enumerate(micro_batches):
@@ -119,7 +120,7 @@ def train(
                 is_last = index == len(micro_batches) - 1
                 # DDP all-reduces gradients on every backward; only the last micro-batch needs it.
                 sync = contextlib.nullcontext() if is_last or not hasattr(model, "no_sync") else model.no_sync()
-                with sync:
+                with sync, loss_context():
                     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                         terms = objective.terms(model, rows)
                         loss = terms.loss()

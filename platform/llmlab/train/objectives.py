@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from llmlab.model.encoder import documents_from_padding
 from llmlab.model.masks import documents_from_separators
@@ -46,9 +47,12 @@ class LossTerms:
 
 def token_cross_entropy(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy of every label [B, L] in float32, 0 where unscored; scored mask [B, L])."""
-    losses_BL = F.cross_entropy(
+    losses_N = F.cross_entropy(
         logits_BLV.float().flatten(0, 1), labels_BL.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-    ).view(labels_BL.shape)
+    )
+    if isinstance(losses_N, DTensor):  # vocabulary-sharded logits under loss_parallel(): losses replicated
+        losses_N = losses_N.full_tensor()
+    losses_BL = losses_N.view(labels_BL.shape)
     return losses_BL, labels_BL != IGNORE_INDEX
 
 
