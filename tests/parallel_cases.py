@@ -87,3 +87,9 @@ def train_layout(
         parallel=laid_out if layout.mesh is not None else None,
     )
     return {"step": [m.step for m in seen], "loss": [m.loss for m in seen], "grad_norm": [m.grad_norm for m in seen]}
+
+
+def train_layouts(cases: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[dict[str, list[float]]]:
+    """train_layout of each (layout, model overrides) in turn, in one process group: the processes
+    start once for all the layouts of a world size."""
+    return [train_layout(layout, model) for layout, model in cases]

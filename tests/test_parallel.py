@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from parallel_cases import train_layout
+from parallel_cases import train_layout, train_layouts
 
 from llmlab.config import ConfigError, load_experiment
 from llmlab.parallel import ParallelConfig
@@ -52,11 +52,22 @@ def references() -> dict[bool, dict[str, list[float]]]:
     return {tied: train_layout({"strategy": "ddp"}, {} if tied else UNTIED) for tied in (True, False)}
 
 
-@pytest.mark.parametrize(("name", "layout", "world", "model"), CASES, ids=[case[0] for case in CASES])
-def test_layout_trains_like_one_process(references, name, layout, world, model) -> None:
-    ranks = spawn(train_layout, world, layout, model)
+@pytest.fixture(scope="module")
+def layout_runs() -> dict[str, list[dict[str, list[float]]]]:
+    """Each case's per-rank results; the cases of one world size share one group of processes."""
+    results: dict[str, list[dict[str, list[float]]]] = {}
+    for world in sorted({case[2] for case in CASES}):
+        cases = [case for case in CASES if case[2] == world]
+        ranks = spawn(train_layouts, world, [(layout, model) for _, layout, _, model in cases])
+        for index, (name, *_) in enumerate(cases):
+            results[name] = [rank_results[index] for rank_results in ranks]
+    return results
+
+
+@pytest.mark.parametrize(("name", "model"), [(case[0], case[3]) for case in CASES], ids=[case[0] for case in CASES])
+def test_layout_trains_like_one_process(references, layout_runs, name, model) -> None:
     reference = references[not model]
-    for rank, result in enumerate(ranks):  # every rank logs the same numbers
+    for rank, result in enumerate(layout_runs[name]):  # every rank logs the same numbers
         assert result["loss"] == pytest.approx(reference["loss"], rel=1e-4), f"{name}: loss on rank {rank}"
         assert result["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-4), f"{name}: norm on rank {rank}"
     # The run must have trained: the reference's loss moves by far more than the tolerance.
