@@ -31,6 +31,7 @@ CASES = [
     ("tp-no-sequence-parallel", {"strategy": "mesh", "tp": 2, "sequence_parallel": False}, 2, {}),
     ("pp-1f1b", {"strategy": "pp"}, 2, UNTIED),
     ("pp-gpipe", {"strategy": "mesh", "pp": 2, "pp_schedule": "gpipe"}, 2, UNTIED),
+    ("pp-boundaries", {"strategy": "mesh", "pp": 2, "pp_boundaries": [1]}, 2, UNTIED),  # layers 0 | 1-3
     (
         "pp-interleaved_1f1b",
         {"strategy": "mesh", "pp": 2, "pp_schedule": "interleaved_1f1b", "pp_stages_per_rank": 2},
