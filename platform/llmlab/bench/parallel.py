@@ -9,7 +9,7 @@ optimizer step, and of its optimizer state after it. Beside them stand two formu
 parameter count Ψ and N ranks (Rajbhandari et al. 2020, "ZeRO", section 5): the paper's
 mixed-precision Adam, 2Ψ + 2Ψ + KΨ bytes with K = 12, and what we train here, fp32 AdamW,
 4Ψ + 4Ψ + 8Ψ, each partitioned over N as the strategy does. Memory is reported as the max over
-ranks, which is what each device must hold; ZeRO-1's shares are uneven (see `imbalance`).
+ranks, which is what each device must hold; ZeRO-1's shares can be uneven (see `imbalance`).
 """
 
 from __future__ import annotations
@@ -238,9 +238,8 @@ class ParallelResult:
 
     def imbalance(self, world: int) -> float:
         """ZeRO-1's largest optimizer share over the mean share. ZeroRedundancyOptimizer gives each
-        tensor's state whole to one rank, greedily by size within each parameter group in turn, so
-        a big tensor of the last group (here the embedding, which takes no weight decay) can land
-        on an already full rank."""
+        tensor's state whole to one rank, greedily by size within each parameter group in turn
+        (build_optimizer puts the group with the largest tensor first, which keeps this near 1)."""
         row = self.row("zero1", world)
         return row.measured[2] / row.mean[2]
 
@@ -271,7 +270,7 @@ class ParallelResult:
         shares = ", ".join(f"{r[2] / MIB:.2f}" for r in self.row("zero1", world).per_rank)
         lines.append(
             f"zero1 optimizer state by rank: {shares} MiB (max / mean {self.imbalance(world):.2f}: whole tensors, "
-            "assigned greedily per parameter group)"
+            "assigned greedily)"
         )
         lines.append(f"largest |mean over ranks / fp32 formula - 1|: {self.formula_error(world):.3f}")
         return lines
