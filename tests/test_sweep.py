@@ -45,11 +45,14 @@ def with_space(space: dict, **sweep) -> dict:
         ({"train.lr": {"grid": [-1.0]}}, "sweep.space.train.lr", "greater than 0"),
         ({"data.seq_len": {"randint": [16, 64]}}, "sweep.space.data.seq_len", "grid or choice"),
         ({"train.seed": {"grid": [1, 2]}}, "sweep.space", "seeds"),
+        ({"train.lr": {"grid": [1e-3]}, "grace": 20}, "sweep.grace_steps", "below train.max_steps (20)"),
     ],
 )
 def test_bad_space_is_one_line_before_anything_runs(tmp_path: Path, capsys, space, where, says) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(with_space(space)))
+    grace = space.pop("grace", None)
+    sweep = {"scheduler": "asha", "grace_steps": grace} if grace else {}
+    path.write_text(yaml.safe_dump(with_space(space, **sweep)))
     assert main(["sweep", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(f"error: {where}"), err
@@ -83,47 +86,78 @@ def test_results_group_by_variant_with_mean_and_std() -> None:
     assert rows[0].failed == 1 and rows[0].values == [1.5]
     assert [row.variant for row in by_variant(outcomes, "max")][:2] == ["x=1", "x=2"]
     table = format_table(rows, "eval_loss")
-    assert "| x=1 | 2.5000 ± 0.7071 | 1.5000 | 2 | 0 |" in table and "| x=3 | n/a | n/a | 0 | 1 |" in table
+    assert "| x=1 | 2.5000 ± 0.7071 | 1.5000 | 2 | 0 | 0 |" in table and "| x=3 | n/a | n/a | 0 | 0 | 1 |" in table
 
 
 @pytest.mark.ray
 @pytest.mark.e2e
-def test_grid_sweep_nests_trials_in_mlflow(cli_env: dict[str, str], tmp_path: Path) -> None:
+def test_asha_sweep_stops_a_trial_early_nests_trials_in_mlflow_and_reports(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """4 learning rates under ASHA, 2 trials at a time, the good ones first: the hopeless ones reach
+    the first rung behind them and are stopped there. One parent run, four children, the best
+    tagged; `llmlab report` then writes the curves and the table and logs them on the parent."""
     import subprocess
     import sys
+    import time
 
     from mlflow.tracking import MlflowClient
 
-    spec = with_space({"train.lr": {"grid": [1.0e-3, 1.0e-2]}}, seeds=[0], name="lr-grid")
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
-    result = subprocess.run(
-        [sys.executable, "-m", "llmlab.cli", "sweep", "sweep.yaml"],
-        cwd=tmp_path,
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    spec = with_space(
+        {"train.lr": {"grid": [1.0e-2, 3.0e-3, 1.0e-6, 1.0e-7]}},
+        seeds=[0],
+        name="lr-asha",
+        scheduler="asha",
+        grace_steps=5,
+        reduction_factor=2,
+        max_concurrent_trials=2,
     )
+    spec["train"] = {**spec["train"], "num_workers": 1, "eval_every": 5, "log_every": 5}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+
+    def llmlab(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "llmlab.cli", *args]
+        return subprocess.run(command, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=600)
+
+    started = time.monotonic()
+    result = llmlab("sweep", "sweep.yaml")
+    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    print(f"4-trial ASHA sweep took {elapsed:.0f} s")
+    assert elapsed < 300
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("sweep-test")
     runs = client.search_runs([experiment.experiment_id])
     parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
     children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
-    assert [run.info.run_name for run in parents] == ["lr-grid"]
+    assert [run.info.run_name for run in parents] == ["lr-asha"]
     parent = parents[0]
-    assert len(children) == 2 and {run.data.tags["mlflow.parentRunId"] for run in children} == {parent.info.run_id}
-    assert {run.data.params["train.lr"] for run in children} == {"0.001", "0.01"}
+    assert len(children) == 4 and {run.data.tags["mlflow.parentRunId"] for run in children} == {parent.info.run_id}
+    assert {run.data.params["train.lr"] for run in children} == {"0.01", "0.003", "1e-06", "1e-07"}
+    stopped = [run for run in children if "llmlab.stopped_early" in run.data.tags]
+    finished = [run for run in children if run.info.status == "FINISHED"]
+    assert stopped and all(run.info.status == "KILLED" for run in stopped)
+    assert len(stopped) + len(finished) == 4
     final = {}
-    for run in children:
-        assert run.info.status == "FINISHED"
+    for run in stopped:
+        assert len(client.get_metric_history(run.info.run_id, "loss")) < 20
+    for run in finished:
         history = client.get_metric_history(run.info.run_id, "eval_loss")
-        assert [metric.step for metric in history] == [10, 20]
+        assert [metric.step for metric in history] == [5, 10, 15, 20]
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 20
         final[run.info.run_id] = history[-1].value
     best = min(final, key=final.get)
     assert parent.data.tags["llmlab.best_run_id"] == best
     assert parent.data.metrics["best_eval_loss"] == pytest.approx(final[best])
     table = Path(client.download_artifacts(parent.info.run_id, "sweep/results.md")).read_text()
-    assert table.count("\n| train.lr=") == 2 and table in result.stdout
+    assert table.count("\n| train.lr=") == 4 and table in result.stdout
+    assert f"{len(stopped)} stopped early" in result.stdout
+
+    report = llmlab("report", "lr-asha")
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    folder = tmp_path / "report" / "lr-asha"
+    assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (folder / "table.md").read_text().count("\n| train.lr=") == 4
+    logged = {artifact.path for artifact in client.list_artifacts(parent.info.run_id, "report")}
+    assert logged == {"report/curves.png", "report/table.md"}

@@ -108,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     add_parallel_arguments(bench_parallel)
     bench_parallel.set_defaults(handler=_bench)
 
+    report = commands.add_parser(
+        "report",
+        help="a sweep's curves per variant (PNG) and table of final and best metrics, logged on its parent run",
+    )
+    report.add_argument("sweep", help="the sweep's parent run id, its name, or an experiment name (its latest sweep)")
+    report.add_argument("--uri", help="tracking store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    report.add_argument("--out", type=Path, help="folder for curves.png and table.md (default: ./report/<sweep>)")
+    report.set_defaults(handler=_report)
+
     ui = commands.add_parser("ui", help="the MLflow UI over the local store, on 127.0.0.1")
     ui.add_argument("--uri", help="tracking store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
@@ -142,8 +151,12 @@ def _sweep(args: argparse.Namespace) -> int:
         summary = run_sweep(exp, source=args.experiment)
     except (ConfigError, TrackingUnavailable, DataQualityError) as err:
         raise UserError(str(err)) from None
-    failed = sum(t.status != "FINISHED" for t in summary.trials)
-    print(f"\n[{summary.name}] {len(summary.trials)} trials, {failed} failed; by {summary.metric}:\n{summary.table}")
+    stopped = sum(t.stopped_early for t in summary.trials)
+    failed = sum(t.status != "FINISHED" and not t.stopped_early for t in summary.trials)
+    print(
+        f"\n[{summary.name}] {len(summary.trials)} trials, {stopped} stopped early, {failed} failed; "
+        f"by {summary.metric}:\n{summary.table}"
+    )
     print(f"  MLflow parent run {summary.parent_run_id} in {summary.tracking_uri}")
     return 1 if failed == len(summary.trials) else 0
 
@@ -304,6 +317,32 @@ def _bench(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UserError(f"bench {args.bench_command}: {err}") from None
     module.report(cfg)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from llmlab.report.collect import SweepNotFound, collect, find_parent
+    from llmlab.report.render import plot, table
+    from llmlab.tracking.config import TrackingConfig
+    from llmlab.tracking.store import TrackingUnavailable, check_reachable, resolve_store
+
+    store = resolve_store(TrackingConfig(uri=args.uri))
+    try:
+        check_reachable(store)
+        client = MlflowClient(store.uri)
+        sweep = collect(client, find_parent(client, args.sweep))
+    except (SweepNotFound, TrackingUnavailable) as err:
+        raise UserError(str(err)) from None
+    out = args.out or Path("report") / sweep.name
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = table(sweep)
+    (out / "table.md").write_text(markdown + "\n")
+    plot(sweep, out / "curves.png")
+    client.log_artifacts(sweep.parent_id, str(out), "report")
+    print(f"[{sweep.name}] {len(sweep.trials)} trials, ranked by {sweep.mode} {sweep.metric}:\n{markdown}")
+    print(f"  wrote {out / 'curves.png'} and {out / 'table.md'}; logged under report/ on run {sweep.parent_id}")
     return 0
 
 

@@ -73,6 +73,15 @@ class SweepConfig(BaseModel):
     num_samples: int = Field(1, gt=0, description="Samples of the random dimensions (per grid point and seed).")
     metric: str = Field("eval_loss", min_length=1, description="The metric that ranks trials (its last value).")
     mode: Literal["min", "max"] = Field("min", description="Whether lower or higher `metric` is better.")
+    scheduler: Literal["fifo", "asha"] = Field(
+        "fifo",
+        description="fifo: every trial runs to the end; asha: trials behind their peers at a rung (grace_steps, "
+        "× reduction_factor, …) are stopped early (asynchronous successive halving).",
+    )
+    grace_steps: int | None = Field(
+        None, gt=0, description="asha: steps a trial runs before it can be stopped; null: a quarter of max_steps."
+    )
+    reduction_factor: float = Field(2.0, gt=1, description="asha: keep the best 1/reduction_factor at each rung.")
     max_concurrent_trials: int | None = Field(
         None, gt=0, description="Trials at once; null: as many as the cluster's CPUs (or GPUs) hold."
     )

@@ -15,6 +15,7 @@ class TrialOutcome:
     status: str  # the MLflow run status: FINISHED, FAILED, KILLED, RUNNING
     metric: float | None  # last value of the sweep's metric, None if never logged
     train_loss: float | None = None  # last training loss: against `metric`, the generalisation gap
+    stopped_early: bool = False  # by the scheduler (ASHA): its status is KILLED, not FAILED
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class VariantRow:
     values: list[float]
     failed: int
     train_losses: list[float]
+    stopped: int = 0
 
     @property
     def mean(self) -> float | None:
@@ -42,7 +44,8 @@ def by_variant(outcomes: list[TrialOutcome], mode: str) -> list[VariantRow]:
         VariantRow(
             variant=variant,
             values=[t.metric for t in trials if t.status == "FINISHED" and t.metric is not None],
-            failed=sum(t.status != "FINISHED" for t in trials),
+            failed=sum(t.status != "FINISHED" and not t.stopped_early for t in trials),
+            stopped=sum(t.stopped_early for t in trials),
             train_losses=[t.train_loss for t in trials if t.status == "FINISHED" and t.train_loss is not None],
         )
         for variant, trials in grouped.items()
@@ -53,9 +56,12 @@ def by_variant(outcomes: list[TrialOutcome], mode: str) -> list[VariantRow]:
 
 def format_table(rows: list[VariantRow], metric: str) -> str:
     """A Markdown table (readable in a terminal and in the MLflow artifact viewer)."""
-    lines = [f"| variant | {metric} (mean ± std) | train loss (mean) | runs | failed |", "|---|---|---|---|---|"]
+    lines = [
+        f"| variant | {metric} (mean ± std) | train loss (mean) | runs | stopped early | failed |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
         value = f"{row.mean:.4f} ± {row.std:.4f}" if row.mean is not None else "n/a"
         train = f"{statistics.fmean(row.train_losses):.4f}" if row.train_losses else "n/a"
-        lines.append(f"| {row.variant} | {value} | {train} | {len(row.values)} | {row.failed} |")
+        lines.append(f"| {row.variant} | {value} | {train} | {len(row.values)} | {row.stopped} | {row.failed} |")
     return "\n".join(lines)

@@ -15,6 +15,12 @@ def check_space(exp: ExperimentConfig) -> None:
     """Every path of the space must be a config key and every value one the schema accepts:
     a bad space stops the sweep with one line before any trial starts."""
     base = exp.to_raw()
+    grace = exp.sweep.grace_steps
+    if exp.sweep.scheduler == "asha" and grace is not None and grace >= exp.train.max_steps:
+        raise ConfigError(
+            "sweep.grace_steps",
+            f"must be below train.max_steps ({exp.train.max_steps}), or no trial can be stopped (got {grace})",
+        )
     for path, distribution in exp.sweep.space.items():
         if path.startswith("data.") and distribution.kind not in ("grid", "choice"):
             raise ConfigError(

@@ -29,9 +29,9 @@ from llmlab.tracking.runs import flatten_numbers, log_params, marks_failure, ope
 from llmlab.tracking.store import check_reachable, resolve_store
 from llmlab.tune.results import TrialOutcome, VariantRow, by_variant, format_table
 from llmlab.tune.space import check_space, grid_size, trial_experiment, tune_space, variant_label
+from llmlab.tune.tags import SEED_TAG, STOPPED_TAG, SWEEP_TAG, VARIANT_TAG
 
 TRIAL_DRIVER_CPUS = 0.01  # a trial's own process only waits on its Train run (Tune rejects 0)
-VARIANT_TAG, SEED_TAG, SWEEP_TAG = "llmlab.variant", "llmlab.seed", "llmlab.sweep"
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ def run_sweep(exp: ExperimentConfig, source: Path | None = None, say: Callable[[
         client.set_tag(parent_id, SWEEP_TAG, "parent")
         for data, objective in data_settings:
             _prepare(data, objective, storage, name, say)
-        _tune(exp, source, name, storage, parent_id, concurrency)
+        results = _tune(exp, source, name, storage, parent_id, concurrency)
+        _mark_stopped(client, results, name, parent_id, exp.train.max_steps)
     summary = _summarise(client, exp, name, parent_id, store.uri)
     finished = any(t.status == "FINISHED" for t in summary.trials)
     client.set_terminated(parent_id, "FINISHED" if finished else "FAILED")
@@ -117,9 +118,7 @@ def _trials_that_fit(exp: ExperimentConfig, trial_cpus: float) -> int:
     return max(1, int(resources.get("CPU", 1) // (trial_cpus + TRIAL_DRIVER_CPUS)))
 
 
-def _tune(
-    exp: ExperimentConfig, source: Path | None, name: str, storage: str, parent_id: str, concurrency: int
-) -> None:
+def _tune(exp: ExperimentConfig, source: Path | None, name: str, storage: str, parent_id: str, concurrency: int) -> Any:
     from ray import tune
 
     trial = partial(
@@ -135,10 +134,55 @@ def _tune(
     tuner = tune.Tuner(
         tune.with_resources(trial, {"CPU": TRIAL_DRIVER_CPUS}),
         param_space=tune_space(exp.sweep),
-        tune_config=tune.TuneConfig(num_samples=exp.sweep.num_samples, max_concurrent_trials=concurrency),
+        tune_config=tune.TuneConfig(
+            num_samples=exp.sweep.num_samples, max_concurrent_trials=concurrency, scheduler=_scheduler(exp)
+        ),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
     )
-    tuner.fit()  # failed trials are recorded in MLflow (status FAILED) and in the table
+    return tuner.fit()  # failed trials are recorded in MLflow (status FAILED) and in the table
+
+
+def _scheduler(exp: ExperimentConfig) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if exp.sweep.scheduler == "fifo":
+        return FIFOScheduler()
+    # Evaluation metrics are in the reports of evaluation steps only; ASHA skips the other reports,
+    # and Tune's strict check (every report must hold the metric) would reject them.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    grace = exp.sweep.grace_steps or max(1, exp.train.max_steps // 4)
+    # Rungs lie at grace × reduction_factor^k up to max_t. A rung at the last step, or ASHA's own
+    # stop at max_t, would cut a trial off at its final report, before its run ends (export, status):
+    # max_t one step short keeps every rung before the end, and stop_last_trials=False lets trials
+    # past it run out.
+    return ASHAScheduler(
+        time_attr="step",
+        metric=exp.sweep.metric,
+        mode=exp.sweep.mode,
+        max_t=max(grace, exp.train.max_steps - 1),
+        grace_period=grace,
+        reduction_factor=exp.sweep.reduction_factor,
+        stop_last_trials=False,
+    )
+
+
+def _mark_stopped(client: MlflowClient, results: Any, name: str, parent_id: str, max_steps: int) -> None:
+    """Trials the scheduler stopped end without error before max_steps; their MLflow runs (left
+    RUNNING, or FAILED by the interrupted trial) become KILLED with the step they reached."""
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    for result in results:
+        step = int((result.metrics or {}).get("step", 0))
+        if result.error is not None or step >= max_steps or "trial_id" not in (result.metrics or {}):
+            continue
+        run_name = trial_run_name(name, result.metrics["trial_id"])
+        for run in client.search_runs([experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'"):
+            client.set_tag(run.info.run_id, STOPPED_TAG, f"stopped by the scheduler at step {step}")
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
+def trial_run_name(sweep_name: str, trial_id: str) -> str:
+    """`<sweep>-00003` for Tune's trial id `abc12_00003`: readable, and unique within the sweep."""
+    return f"{sweep_name}-{trial_id.rsplit('_', 1)[-1]}"
 
 
 def run_trial(
@@ -149,8 +193,7 @@ def run_trial(
     from ray.tune.integration.ray_train import TuneReportCallback
 
     overrides, seed = dict(config["overrides"]), int(config["seed"])
-    trial_index = tune.get_context().get_trial_id().rsplit("_", 1)[-1]
-    run_name = f"{sweep_name}-{trial_index}"
+    run_name = trial_run_name(sweep_name, tune.get_context().get_trial_id())
     exp = trial_experiment(base, {**overrides, "tracking.run_name": run_name}, seed)
     summary = run_experiment(
         exp,
@@ -175,6 +218,7 @@ def _summarise(client: MlflowClient, exp: ExperimentConfig, name: str, parent_id
                 status=run.info.status,
                 metric=run.data.metrics.get(exp.sweep.metric),
                 train_loss=run.data.metrics.get("loss"),
+                stopped_early=STOPPED_TAG in run.data.tags,
             )
             for run in children
         ),
