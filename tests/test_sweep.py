@@ -91,12 +91,15 @@ def test_results_group_by_variant_with_mean_and_std() -> None:
 
 @pytest.mark.ray
 @pytest.mark.e2e
-def test_asha_sweep_stops_a_trial_early_nests_trials_in_mlflow_and_reports(
+def test_asha_sweep_stops_a_trial_early_nests_trials_in_mlflow_resumes_and_reports(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """4 learning rates under ASHA, 2 trials at a time, the good ones first: the hopeless ones reach
-    the first rung behind them and are stopped there. One parent run, four children, the best
-    tagged; `llmlab report` then writes the curves and the table and logs them on the parent."""
+    """4 learning rates under ASHA, 2 trials at a time, the good ones first: a hopeless one reaches a
+    rung behind them and is stopped there. The driver is killed once a trial has finished, and
+    `--resume` completes the sweep without running that trial again. One parent run, four children,
+    the best tagged; `llmlab report` then writes the curves and the table and logs them on the parent."""
+    import os
+    import signal
     import subprocess
     import sys
     import time
@@ -119,14 +122,47 @@ def test_asha_sweep_stops_a_trial_early_nests_trials_in_mlflow_and_reports(
         command = [sys.executable, "-m", "llmlab.cli", *args]
         return subprocess.run(command, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=600)
 
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def finished_children() -> list:
+        experiment = client.get_experiment_by_name("sweep-test")
+        if experiment is None:
+            return []
+        runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
+        return [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+
+    def tune_saw_a_trial_end() -> bool:
+        states = list((tmp_path / "results" / "lr-asha").glob("experiment_state-*.json"))
+        return any("TERMINATED" in state.read_text() for state in states)
+
     started = time.monotonic()
-    result = llmlab("sweep", "sweep.yaml")
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "llmlab.cli", "sweep", "sweep.yaml"],
+        cwd=tmp_path,
+        env=cli_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    while not (finished_children() and tune_saw_a_trial_end()):
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() - started < 300, "no trial finished within 300 s"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver dies mid-sweep
+    first.wait()
+    log.close()
+    done_before = {run.info.run_name: run.info.end_time for run in finished_children()}
+
+    result = llmlab("sweep", "sweep.yaml", "--resume")
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    print(f"4-trial ASHA sweep took {elapsed:.0f} s")
+    print(f"4-trial ASHA sweep, killed and resumed, took {elapsed:.0f} s")
     assert elapsed < 300
-
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for name, ended in done_before.items():  # not run again: no new progress, the same run and end
+        assert f"[{name}]" not in result.stdout + result.stderr
+        (again,) = [run for run in finished_children() if run.info.run_name == name]
+        assert again.info.end_time == ended
     experiment = client.get_experiment_by_name("sweep-test")
     runs = client.search_runs([experiment.experiment_id])
     parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]

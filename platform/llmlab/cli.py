@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("experiment", type=Path, help="experiment YAML with a sweep section")
     sweep.add_argument("overrides", nargs="*", help="dotted overrides of the base config, e.g. train.max_steps=100")
+    sweep.add_argument(
+        "--resume", action="store_true", help="continue an interrupted sweep of the same name; finished trials stay"
+    )
     sweep.set_defaults(handler=_sweep)
 
     validate = commands.add_parser("validate", help="check an experiment file (with overrides) without running it")
@@ -148,7 +151,7 @@ def _sweep(args: argparse.Namespace) -> int:
         raise UserError(f"{args.experiment}: sweep.space is empty and there is one seed; use `llmlab run` for one run")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
-        summary = run_sweep(exp, source=args.experiment)
+        summary = run_sweep(exp, source=args.experiment, resume=args.resume)
     except (ConfigError, TrackingUnavailable, DataQualityError) as err:
         raise UserError(str(err)) from None
     stopped = sum(t.stopped_early for t in summary.trials)

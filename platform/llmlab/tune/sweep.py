@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -21,7 +22,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from llmlab.cluster import cluster_has_gpus, connect_ray, quiet_data_progress
-from llmlab.config import ExperimentConfig, flatten, to_yaml
+from llmlab.config import ConfigError, ExperimentConfig, flatten, to_yaml
 from llmlab.data.config import DataConfig, shard_key
 from llmlab.data.objectives import ObjectiveConfig
 from llmlab.experiment import check_data_inputs, default_run_name, prepare_data, resolve_storage, run_experiment
@@ -45,7 +46,12 @@ class SweepSummary:
     table: str
 
 
-def run_sweep(exp: ExperimentConfig, source: Path | None = None, say: Callable[[str], None] = print) -> SweepSummary:
+def run_sweep(
+    exp: ExperimentConfig, source: Path | None = None, say: Callable[[str], None] = print, resume: bool = False
+) -> SweepSummary:
+    """Run the sweep, or with `resume` continue an interrupted one: trials that finished (or were
+    stopped early) stay as they are; the others start again, each resuming its own training run
+    from its last checkpoint into its own MLflow run."""
     check_space(exp)
     store = resolve_store(exp.tracking)
     check_reachable(store)
@@ -64,6 +70,7 @@ def run_sweep(exp: ExperimentConfig, source: Path | None = None, say: Callable[[
     connect_ray(exp.cluster, exp.train, trials=exp.sweep.max_concurrent_trials or 1)
     quiet_data_progress()
     concurrency = exp.sweep.max_concurrent_trials or _trials_that_fit(exp, trial_cpus)
+    _check_resume(storage, name, resume)
     client = MlflowClient(store.uri)
     parent_id, resumed = open_run(client, store, exp.tracking.experiment, name)
     say(
@@ -76,7 +83,7 @@ def run_sweep(exp: ExperimentConfig, source: Path | None = None, say: Callable[[
         client.set_tag(parent_id, SWEEP_TAG, "parent")
         for data, objective in data_settings:
             _prepare(data, objective, storage, name, say)
-        results = _tune(exp, source, name, storage, parent_id, concurrency)
+        results = _tune(exp, source, name, storage, parent_id, concurrency, resume)
         _mark_stopped(client, results, name, parent_id, exp.train.max_steps)
     summary = _summarise(client, exp, name, parent_id, store.uri)
     finished = any(t.status == "FINISHED" for t in summary.trials)
@@ -118,7 +125,30 @@ def _trials_that_fit(exp: ExperimentConfig, trial_cpus: float) -> int:
     return max(1, int(resources.get("CPU", 1) // (trial_cpus + TRIAL_DRIVER_CPUS)))
 
 
-def _tune(exp: ExperimentConfig, source: Path | None, name: str, storage: str, parent_id: str, concurrency: int) -> Any:
+def _check_resume(storage: str, name: str, resume: bool) -> None:
+    """A sweep's Tune state lives under storage/name: --resume needs it, a fresh start must not
+    find it (it would run every trial again into the same MLflow runs)."""
+    from ray import tune
+
+    found = tune.Tuner.can_restore(f"{storage}/{name}")
+    if resume and not found:
+        raise ConfigError("sweep.name", f"no sweep {name!r} to resume under {storage}; run it without --resume")
+    if found and not resume:
+        raise ConfigError(
+            "sweep.name",
+            f"sweep {name!r} has run before under {storage}; add --resume to continue it, or set a new sweep.name",
+        )
+
+
+def _tune(
+    exp: ExperimentConfig,
+    source: Path | None,
+    name: str,
+    storage: str,
+    parent_id: str,
+    concurrency: int,
+    resume: bool = False,
+) -> Any:
     from ray import tune
 
     trial = partial(
@@ -131,19 +161,29 @@ def _tune(exp: ExperimentConfig, source: Path | None, name: str, storage: str, p
     # Tune's console output (a settings box, a TensorBoard hint, status tables) would bury the trials'
     # progress lines; its older reporter honours verbose=0, and the table at the end says the rest.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    trainable = tune.with_resources(trial, {"CPU": TRIAL_DRIVER_CPUS})
+    # The scheduler's state is the driver's: beside the sweep's storage when that is a local folder.
+    state_root = Path(storage) if "://" not in storage else Path(tempfile.gettempdir()) / "llmlab-sweeps"
+    scheduler = _scheduler(exp, state_root / name / "scheduler_state.pkl")
+    if resume:
+        # Tune restores the trials' states and the scheduler's; finished trials are not run again,
+        # interrupted and errored ones start over (their training runs resume from checkpoints).
+        return tune.Tuner.restore(f"{storage}/{name}", trainable, resume_unfinished=True, restart_errored=True).fit()
     tuner = tune.Tuner(
-        tune.with_resources(trial, {"CPU": TRIAL_DRIVER_CPUS}),
+        trainable,
         param_space=tune_space(exp.sweep),
         tune_config=tune.TuneConfig(
-            num_samples=exp.sweep.num_samples, max_concurrent_trials=concurrency, scheduler=_scheduler(exp)
+            num_samples=exp.sweep.num_samples, max_concurrent_trials=concurrency, scheduler=scheduler
         ),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
     )
     return tuner.fit()  # failed trials are recorded in MLflow (status FAILED) and in the table
 
 
-def _scheduler(exp: ExperimentConfig) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def _scheduler(exp: ExperimentConfig, state_path: Path) -> Any:
+    from ray.tune.schedulers import FIFOScheduler
+
+    from llmlab.tune.asha import ResumableASHA
 
     if exp.sweep.scheduler == "fifo":
         return FIFOScheduler()
@@ -155,7 +195,8 @@ def _scheduler(exp: ExperimentConfig) -> Any:
     # stop at max_t, would cut a trial off at its final report, before its run ends (export, status):
     # max_t one step short keeps every rung before the end, and stop_last_trials=False lets trials
     # past it run out.
-    return ASHAScheduler(
+    return ResumableASHA(
+        str(state_path),
         time_attr="step",
         metric=exp.sweep.metric,
         mode=exp.sweep.mode,
