@@ -236,6 +236,13 @@ def run_trial(
     overrides, seed = dict(config["overrides"]), int(config["seed"])
     run_name = trial_run_name(sweep_name, tune.get_context().get_trial_id())
     exp = trial_experiment(base, {**overrides, "tracking.run_name": run_name}, seed)
+    finished = _finished_run(exp, parent_run_id, run_name)
+    if finished is not None:
+        # Its run ended before the driver died, after Tune last saved its state: hand Tune the
+        # final metrics instead of training it again.
+        tune.report({**finished.data.metrics, "step": exp.train.max_steps})
+        print(f"[{run_name}] finished before the sweep restarted: not run again", flush=True)
+        return
     summary = run_experiment(
         exp,
         Path(source) if source else None,
@@ -244,6 +251,18 @@ def run_trial(
         tags={VARIANT_TAG: variant_label(overrides), SEED_TAG: str(seed), SWEEP_TAG: sweep_name},
     )
     print(f"[{run_name}] {variant_label(overrides)}, seed {seed}: done at step {summary.steps}", flush=True)
+
+
+def _finished_run(exp: ExperimentConfig, parent_run_id: str, run_name: str) -> Any:
+    """The trial's MLflow run if it already finished (a resumed sweep), else None."""
+    client = MlflowClient(resolve_store(exp.tracking).uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    query = (
+        f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.run_name = '{run_name}' "
+        "and attributes.status = 'FINISHED'"
+    )
+    runs = client.search_runs([experiment_id], query)
+    return runs[0] if runs else None
 
 
 def _summarise(client: MlflowClient, exp: ExperimentConfig, name: str, parent_id: str, uri: str) -> SweepSummary:
