@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -217,8 +218,19 @@ def _mark_stopped(client: MlflowClient, results: Any, name: str, parent_id: str,
             continue
         run_name = trial_run_name(name, result.metrics["trial_id"])
         for run in client.search_runs([experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'"):
+            if STOPPED_TAG in run.data.tags:  # marked by an earlier driver (a resumed sweep)
+                continue
             client.set_tag(run.info.run_id, STOPPED_TAG, f"stopped by the scheduler at step {step}")
+            _wait_while_running(client, run.info.run_id)  # or the trial's teardown marks it FAILED after us
             client.set_terminated(run.info.run_id, "KILLED")
+
+
+def _wait_while_running(client: MlflowClient, run_id: str, timeout_s: float = 15.0) -> None:
+    """Until the stopped trial's own process has closed its run (as FAILED: it was interrupted),
+    or `timeout_s` passed (a process killed outright never closes it)."""
+    deadline = time.monotonic() + timeout_s
+    while client.get_run(run_id).info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def trial_run_name(sweep_name: str, trial_id: str) -> str:
