@@ -13,6 +13,6 @@ fi
 export PYTHONPATH=platform:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/device.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/device.txt"
-timeout 200 python3 -m llmlab.bench.model --device cuda 2>&1 | tee "$out/model.txt"
+timeout 330 python3 -m llmlab.bench.model --device cuda --profile 20 2>&1 | tee "$out/model.txt"
 timeout 110 python3 -m pytest -q -p no:cacheprovider tests/test_attention_patterns.py tests/test_cuda.py tests/test_model.py 2>&1 | tail -25 | tee "$out/tests.txt"
 timeout 100 python3 -m llmlab.bench.attention --device cuda --heads 16 --batch 2 --repeats 2 2>&1 | tee "$out/attention.txt"

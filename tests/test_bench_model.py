@@ -96,3 +96,22 @@ def test_a_failing_variant_is_reported_and_the_others_go_on(capsys) -> None:
     assert any(line.split()[:3] == ["ours", "failed:", "OutOfMemoryError:"] for line in text.splitlines())
     figures = result_figures(text)
     assert math.isnan(figures["speedup"]) and figures["llama_tok_s"] == 1000.0
+
+
+def test_profile_lists_each_variants_costliest_operators(capsys) -> None:
+    """`--profile N`: after the table's timing, each variant's N costliest operators, the matrix
+    products of a transformer's step first among them."""
+    from llmlab.bench.model import report
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    report(config_from_args(parser.parse_args([*TINY, "--profile", "4"])))
+    output = capsys.readouterr().out
+    for name in ("llama", "ours"):
+        lines = output.split(f"--- {name}: 2 steps")[1].splitlines()
+        rows = lines[2 : next(i for i, line in enumerate(lines) if "total: all operators" in line)]
+        assert len(rows) == 4
+        assert any("aten::mm" in line or "aten::addmm" in line for line in rows)
+        shares = [float(line.split()[1].rstrip("%")) for line in rows]
+        assert shares == sorted(shares, reverse=True) and sum(shares) <= 100.0
+    assert result_figures(output)["loss_diff"] < 1e-4  # the RESULT line stays last

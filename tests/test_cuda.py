@@ -85,3 +85,9 @@ def test_resume_restores_cuda_dropout_stream(tmp_path) -> None:
     step = load_checkpoint(tmp_path, model=second, optimizer=optimizer, scheduler=scheduler)
     resumed = run(second, cfg, lambda s: [batches[s]], start_step=step, optimizer=optimizer, scheduler=scheduler)
     assert [m.loss for m in resumed] == pytest.approx([m.loss for m in straight[3:]], abs=1e-5)
+
+
+def test_adamw_is_fused_on_cuda_and_foreach_on_cpu() -> None:
+    cfg = TrainConfig(max_steps=1, batch_size=8, num_workers=1)
+    assert build_optimizer(cuda_model(), cfg).defaults["fused"] is True
+    assert not build_optimizer(cuda_model().cpu(), cfg).defaults["fused"]

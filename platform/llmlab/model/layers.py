@@ -67,8 +67,23 @@ class Initialisable(nn.Module, ABC):
 # --- rotary position embeddings -------------------------------------------------------------
 
 
-def rope_cos_sin(position_ids_BL: torch.Tensor, rotary_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape [B, L, rotary_dim] in float32, Llama's layout (frequencies repeated).
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matrix products run in on x's device: autocast's when it is on, else x's own."""
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+
+
+def rope_cos_sin(
+    position_ids_BL: torch.Tensor, rotary_dim: int, theta: float, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin of the rotary angles, [B, L, rotary_dim] each, in `dtype`.
+
+    Llama's layout (frequencies repeated over the two halves); the sin's first half is negated, so
+    that Llama's rotate_half(x) * sin is torch.roll(x, R/2) * signed_sin, one kernel fewer. The
+    angles (position times frequency) are computed in float32, where bf16 would lose whole
+    positions; only the cos and sin values are then rounded to `dtype`, the compute dtype of q and k,
+    so that the rotation runs there without float32 copies of q and k (half the memory traffic of
+    the eager step's rotary arithmetic).
 
     Computed from position ids on every forward instead of cached in a buffer: it is tiny next
     to attention, and a model without buffers loads from meta device and shards without special
@@ -78,24 +93,20 @@ def rope_cos_sin(position_ids_BL: torch.Tensor, rotary_dim: int, theta: float) -
     inv_freq_D2 = 1.0 / (theta ** (exponent_D2.float() / rotary_dim))
     freqs_BLD2 = position_ids_BL.float()[..., None] * inv_freq_D2
     angles_BLD = torch.cat((freqs_BLD2, freqs_BLD2), dim=-1)
-    return angles_BLD.cos(), angles_BLD.sin()
+    sin_BLD2 = freqs_BLD2.sin()
+    signed_sin_BLD = torch.cat((-sin_BLD2, sin_BLD2), dim=-1)
+    return angles_BLD.cos().to(dtype), signed_sin_BLD.to(dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    # Llama's convention pairs dimension i with i + D/2 (not interleaved pairs), so Hugging Face
-    # Llama q/k weights load without permuting rows.
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x_BLHD: torch.Tensor, cos_BLR: torch.Tensor, sin_BLR: torch.Tensor) -> torch.Tensor:
+def apply_rope(x_BLHD: torch.Tensor, cos_BLR: torch.Tensor, signed_sin_BLR: torch.Tensor) -> torch.Tensor:
     """Rotate the first R dimensions of each head of q or k (R = cos's width); the rest pass
-    through. cos and sin are float32, so type promotion runs the arithmetic in float32 (bf16
-    positions stay precise) without a separate upcast copy of x, which costs a kernel in eager."""
+    through. Llama's convention pairs dimension i with i + R/2 (not interleaved pairs), so Hugging
+    Face Llama q/k weights load without permuting rows: x * cos + rotate_half(x) * sin."""
     rotary_dim = cos_BLR.shape[-1]
     x_BLHR = x_BLHD[..., :rotary_dim]
-    cos_BL1R, sin_BL1R = cos_BLR.unsqueeze(2), sin_BLR.unsqueeze(2)
-    rotated_BLHR = (x_BLHR * cos_BL1R + _rotate_half(x_BLHR) * sin_BL1R).to(x_BLHD.dtype)
+    cos_BL1R, signed_sin_BL1R = cos_BLR.unsqueeze(2), signed_sin_BLR.unsqueeze(2)
+    swapped_BLHR = torch.roll(x_BLHR, rotary_dim // 2, dims=-1)
+    rotated_BLHR = torch.addcmul(x_BLHR * cos_BL1R, swapped_BLHR, signed_sin_BL1R).to(x_BLHD.dtype)
     if rotary_dim == x_BLHD.shape[-1]:
         return rotated_BLHR
     return torch.cat((rotated_BLHR, x_BLHD[..., rotary_dim:]), dim=-1)
@@ -151,7 +162,10 @@ class Attention(nn.Module):
         memory_BSD: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, L, _ = x_BLD.shape
-        kv_source_BSD = x_BLD if memory_BSD is None else memory_BSD
+        # One cast to the compute dtype feeds all three projections; left to autocast, each
+        # projection casts its own copy (and the backward adds their gradients in float32).
+        x_BLD = x_BLD.to(compute_dtype(x_BLD))
+        kv_source_BSD = x_BLD if memory_BSD is None else memory_BSD.to(x_BLD.dtype)
         q_BLHD = self.q_proj(x_BLD).view(B, L, -1, self.head_dim)
         k_BSKD = self.k_proj(kv_source_BSD).view(B, kv_source_BSD.shape[1], -1, self.head_dim)
         v_BSKD = self.v_proj(kv_source_BSD).view(B, kv_source_BSD.shape[1], -1, self.head_dim)
@@ -176,6 +190,7 @@ class SwiGLU(nn.Module):
         yield self.down_proj, out_std
 
     def forward(self, x_BLD: torch.Tensor) -> torch.Tensor:
+        x_BLD = x_BLD.to(compute_dtype(x_BLD))  # one cast for both projections (see Attention)
         h_BLF = F.silu(self.gate_proj(x_BLD)) * self.up_proj(x_BLD)
         return self.down_proj(h_BLF)
 

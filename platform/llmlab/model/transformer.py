@@ -13,6 +13,7 @@ from llmlab.model.layers import (
     Initialisable,
     InitPlan,
     Rope,
+    compute_dtype,
     final_norm,
     layer_pattern,
     residual_out_std,
@@ -133,7 +134,7 @@ def add_positions(
     if config.position == "learned":
         return x_BLD + model.embed_positions(position_ids_BL), None
     if config.position == "rope":
-        return x_BLD, rope_cos_sin(position_ids_BL, config.rotary_dim, config.rope_theta)
+        return x_BLD, rope_cos_sin(position_ids_BL, config.rotary_dim, config.rope_theta, compute_dtype(x_BLD))
     return x_BLD, None
 
 

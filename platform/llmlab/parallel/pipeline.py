@@ -15,7 +15,7 @@ from torch import nn
 from torch.distributed import ProcessGroup
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
-from llmlab.model.layers import rope_cos_sin
+from llmlab.model.layers import compute_dtype, rope_cos_sin
 from llmlab.model.masks import AttentionContext
 from llmlab.model.transformer import Transformer, add_positions, embed
 
@@ -54,7 +54,7 @@ class DecoderStage(nn.Module):
             length = x.shape[1] * self.sequence_shards
             positions = torch.arange(length, device=x.device).unsqueeze(0)
             rope = (
-                rope_cos_sin(positions, self.config.rotary_dim, self.config.rope_theta)
+                rope_cos_sin(positions, self.config.rotary_dim, self.config.rope_theta, compute_dtype(x))
                 if self.config.position == "rope"
                 else None
             )

@@ -36,13 +36,22 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def adamw_options(groups: list[dict]) -> dict:
+    """Keyword arguments that pick AdamW's implementation for these parameters: the fused kernel
+    (one launch per step over all tensors, ~2x less memory traffic than foreach's sequence of
+    multi-tensor ops) when they all live on a GPU, as torchtitan trains; torch's default (foreach)
+    elsewhere. The update is the same AdamW either way."""
+    on_gpu = all(param.device.type == "cuda" for group in groups for param in group["params"])
+    return {"fused": True} if on_gpu else {}
+
+
 def build_optimizer(
     model: nn.Module, cfg: TrainConfig, zero1_group: dist.ProcessGroup | None = None
 ) -> torch.optim.Optimizer:
     """AdamW over `model`; with `zero1_group`, ZeRO stage 1: each rank of the group keeps the
     AdamW state of its share of the parameters only."""
     groups = param_groups(model, cfg.weight_decay)
-    hyper = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
+    hyper = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps, **adamw_options(groups)}
     if zero1_group is not None:
         # ZeRO-1 hands out whole tensors, largest first within each group in turn, to the least
         # loaded rank: the group with the largest tensor (the embedding) goes first, or it would
