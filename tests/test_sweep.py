@@ -60,6 +60,72 @@ def test_bad_space_is_one_line_before_anything_runs(tmp_path: Path, capsys, spac
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("space", "sweep", "where", "says"),
+    [
+        ({"model.d_model": {"grid": [32, 64]}}, {}, "sweep.space.model.d_model", "pbt can vary train.lr"),
+        ({}, {}, "sweep.space", "it is empty"),
+        ({"train.lr": {"grid": [1e-3, 1e-2]}}, {"perturbation_steps": 20}, "sweep.perturbation_steps", "below"),
+        ({"train.lr": {"grid": [1e-3, 1e-2]}}, {"perturbation_steps": 12}, "train.checkpoint_every", "must divide"),
+    ],
+)
+def test_bad_pbt_sweep_is_one_line_before_anything_runs(tmp_path: Path, capsys, space, sweep, where, says) -> None:
+    path = tmp_path / "bad.yaml"
+    spec = with_space(space, scheduler="pbt", **sweep)
+    spec["train"] = {**spec["train"], "checkpoint_every": 5, "eval_every": 5}
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: {where}"), err
+    assert says in err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_pbt_explores_the_space_and_reapplies_a_trials_own_values_over_a_donors_checkpoint() -> None:
+    """PBT's mutations mirror the space; a trial that takes a donor's optimizer and schedule runs on
+    with its own peak lr (at the donor's point of the schedule), decay, betas and eps."""
+    import torch
+
+    from llmlab.train.config import TrainConfig
+    from llmlab.train.optim import apply_hyperparameters, build_optimizer, build_scheduler, decaying_groups, lr_factor
+    from llmlab.tune.space import pbt_mutations
+
+    exp = validate_experiment(
+        with_space({"train.lr": {"loguniform": [1e-4, 1e-2]}, "train.beta2": {"grid": [0.95, 0.99]}})
+    )
+    mutations = pbt_mutations(exp.sweep)["overrides"]
+    assert mutations["train.beta2"] == [0.95, 0.99] and mutations["train.lr"].lower == 1e-4
+
+    model = torch.nn.Sequential(torch.nn.Embedding(8, 4), torch.nn.Linear(4, 4))
+    donor_cfg = TrainConfig(max_steps=20, lr=1e-2, warmup_steps=2, weight_decay=0.1, beta2=0.95, eps=1e-8)
+    donor = build_optimizer(model, donor_cfg)
+    donor_schedule = build_scheduler(donor, donor_cfg)
+    for _ in range(7):
+        donor.step()
+        donor_schedule.step()
+    ours_cfg = TrainConfig(max_steps=20, lr=1e-3, warmup_steps=2, weight_decay=0.0, beta2=0.99, eps=1e-6)
+    ours = build_optimizer(model, ours_cfg)
+    schedule = build_scheduler(ours, ours_cfg)
+    decaying = decaying_groups(ours)
+    ours.load_state_dict(donor.state_dict())
+    schedule.load_state_dict(donor_schedule.state_dict())
+    apply_hyperparameters(ours, schedule, ours_cfg, decaying)
+    expected_lr = 1e-3 * lr_factor(7, 2, 20, ours_cfg.min_lr_ratio)
+    assert [group["lr"] for group in ours.param_groups] == pytest.approx([expected_lr] * 2)
+    assert [group["weight_decay"] for group in ours.param_groups] == [0.0, 0.0]
+    assert all(group["betas"] == (0.9, 0.99) and group["eps"] == 1e-6 for group in ours.param_groups)
+    ours.step()
+    schedule.step()  # the schedule goes on from the donor's step with our peak
+    assert ours.param_groups[0]["lr"] == pytest.approx(1e-3 * lr_factor(8, 2, 20, ours_cfg.min_lr_ratio))
+    # And a decay switched on: only the matrices' group decays.
+    decay_cfg = ours_cfg.model_copy(update={"weight_decay": 0.05})
+    fresh = build_optimizer(model, decay_cfg)
+    decaying = decaying_groups(fresh)
+    fresh.load_state_dict(ours.state_dict())
+    apply_hyperparameters(fresh, build_scheduler(fresh, decay_cfg), decay_cfg, decaying)
+    assert sorted(group["weight_decay"] for group in fresh.param_groups) == [0.0, 0.05]
+
+
 def test_trial_experiment_sets_values_and_seed() -> None:
     exp = validate_experiment(with_space({"train.lr": {"grid": [1e-3, 3e-3]}, "data.dedup.enabled": {"grid": [True]}}))
     check_space(exp)
@@ -172,3 +238,61 @@ def test_asha_sweep_stops_a_trial_early_nests_trials_in_mlflow_resumes_and_repor
     assert (folder / "table.md").read_text().count("\n| train.lr=") == 4
     logged = {artifact.path for artifact in client.list_artifacts(parent.info.run_id, "report")}
     assert logged == {"report/curves.png", "report/table.md"}
+
+
+def test_pbt_sweep_continues_a_hopeless_trial_from_a_good_ones_checkpoint(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two learning rates under synchronous PBT deciding at step 10: the hopeless one (1e-7, which
+    alone stays near its first loss) falls in the bottom half and continues from the good one's
+    step-10 checkpoint, with the good one's value moved to a neighbour. Its MLflow run names the
+    donor and step and logs each step once; its step 11 is the donor's step 11 (the same weights
+    on the same batch), and it ends near the good trial's loss."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    spec = with_space(
+        {"train.lr": {"grid": [3.0e-3, 1.0e-7]}},
+        seeds=[0],
+        name="lr-pbt",
+        scheduler="pbt",
+        perturbation_steps=10,
+        synchronous=True,
+        quantile_fraction=0.5,
+        resample_probability=0.0,
+        max_concurrent_trials=2,
+    )
+    spec["train"] = {**spec["train"], "num_workers": 1, "log_every": 5, "checkpoint_every": 10}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    command = [sys.executable, "-m", "llmlab.cli", "sweep", "sweep.yaml"]
+    result = subprocess.run(command, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sweep-test")
+    children = client.search_runs([experiment.experiment_id], "tags.`llmlab.sweep` = 'lr-pbt'")
+    by_lr = {run.data.params["train.lr"]: run for run in children}
+    assert set(by_lr) == {"0.003", "1e-07"} and all(run.info.status == "FINISHED" for run in children)
+    good, hopeless = by_lr["0.003"], by_lr["1e-07"]
+    exploits = {key: value for key, value in hopeless.data.tags.items() if key.startswith("llmlab.exploit.")}
+    assert list(exploits) == ["llmlab.exploit.10"], result.stdout[-3000:]
+    assert exploits["llmlab.exploit.10"].startswith(f"from {good.info.run_name} with train.lr=")
+    assert not any(key.startswith("llmlab.exploit.") for key in good.data.tags)  # it went on from its own
+    assert f"[{hopeless.info.run_name}] continues from {good.info.run_name}'s checkpoint at step 10" in result.stdout
+
+    def losses(run) -> dict[int, list[float]]:
+        by_step: dict[int, list[float]] = {}
+        for metric in client.get_metric_history(run.info.run_id, "loss"):
+            by_step.setdefault(metric.step, []).append(metric.value)
+        return by_step
+
+    good_losses, hopeless_losses = losses(good), losses(hopeless)
+    for by_step in (good_losses, hopeless_losses):
+        assert sorted(by_step) == list(range(1, 21)) and all(len(values) == 1 for values in by_step.values())
+    first = hopeless_losses[1][0]
+    assert hopeless_losses[10][0] > first - 0.05  # lr 1e-7 on its own: no progress
+    assert hopeless_losses[11][0] == pytest.approx(good_losses[11][0], rel=1e-5)
+    # Ahead of where 1e-7 could have gone alone, whichever neighbour of the donor's lr it drew.
+    assert hopeless_losses[20][0] < first - 0.25

@@ -32,7 +32,22 @@ from llmlab.tracking.runs import log_params, log_report, marks_failure, open_run
 from llmlab.tracking.store import TrackingStore, check_reachable, resolve_store
 from llmlab.train.evaluate import OVERALL
 from llmlab.train.export import export_hf
-from llmlab.train.trainer import WorkerSpec, fit
+from llmlab.train.trainer import StartFrom, WorkerSpec, fit
+
+
+@dataclass(frozen=True)
+class TrialLink:
+    """What a sweep's trial adds to a run: `callbacks` for Ray Train (the one that reports to Tune),
+    `start_from` another run's checkpoint to continue from in a Train run of its own (a PBT trial
+    taking over its donor's state), `report_gate` and `logged_until` (see `WorkerSpec`)."""
+
+    callbacks: Sequence[ray.train.UserCallback] = ()
+    start_from: StartFrom | None = None
+    report_gate: str = ""
+    logged_until: int = 0
+
+    def train_run_name(self, run_name: str) -> str:
+        return self.start_from.train_run_name(run_name) if self.start_from else run_name
 
 
 @dataclass(frozen=True)
@@ -144,12 +159,12 @@ def run_experiment(
     say: Callable[[str], None] = print,
     *,
     parent_run_id: str | None = None,
-    train_callbacks: Sequence[ray.train.UserCallback] = (),
     tags: dict[str, str] | None = None,
+    trial: TrialLink | None = None,
 ) -> RunSummary:
     """Train `exp` as one MLflow run (nested under `parent_run_id` when given, as sweep trials are,
-    with `tags` set on it); `train_callbacks` go to Ray Train (a sweep passes the one that reports
-    to Tune)."""
+    with `tags` set on it); `trial` ties it to its sweep (see `TrialLink`)."""
+    trial = trial or TrialLink()
     # User errors in the inputs and an unreachable store stop the run before anything starts.
     check_data_inputs(exp.data)
     store = resolve_store(exp.tracking)
@@ -171,8 +186,9 @@ def run_experiment(
     say(f"[{run_name}] {'resuming' if resumed else 'started'} MLflow run {run_id} in {store.uri}")
     for key, value in (tags or {}).items():
         client.set_tag(run_id, key, value)
+    train_run = trial.train_run_name(run_name)
     with marks_failure(client, run_id):
-        _train_and_log(exp, source, store, client, run_id, run_name, storage, use_gpu, say, train_callbacks)
+        _train_and_log(exp, source, store, client, run_id, run_name, storage, use_gpu, say, trial)
     client.set_terminated(run_id, "FINISHED")
     loss_by_step = {metric.step: metric.value for metric in client.get_metric_history(run_id, "loss")}
     steps = sorted(loss_by_step)
@@ -181,7 +197,7 @@ def run_experiment(
         run_name=run_name,
         run_id=run_id,
         tracking_uri=store.uri,
-        storage=f"{storage}/{run_name}",
+        storage=f"{storage}/{train_run}",
         resumed=resumed,
         steps=steps[-1] if steps else 0,
         first_loss=loss_by_step[steps[0]] if steps else None,
@@ -200,13 +216,14 @@ def _train_and_log(
     storage: str,
     use_gpu: bool,
     say: Callable[[str], None],
-    train_callbacks: Sequence[ray.train.UserCallback],
+    trial: TrialLink,
 ) -> None:
+    train_run = trial.train_run_name(run_name)
     changed = log_params(client, run_id, flatten(exp))
     if changed:
         say(f"[{run_name}] note: resumed with changed settings (MLflow keeps the first values): {', '.join(changed)}")
     client.log_text(run_id, to_yaml(exp), "config.yaml")
-    client.set_tag(run_id, "llmlab.storage", f"{storage}/{run_name}")
+    client.set_tag(run_id, "llmlab.storage", f"{storage}/{train_run}")
     if source is not None:
         client.set_tag(run_id, "llmlab.experiment_file", str(source))
 
@@ -259,8 +276,11 @@ def _train_and_log(
         separator_id=eos_id(tokenizer),
         pad_id=pad_id(tokenizer),
         fault_at_step=int(os.environ.get("LLMLAB_FAULT_AT_STEP", "0")),
+        start_checkpoint=trial.start_from.checkpoint_uri if trial.start_from else "",
+        report_gate=trial.report_gate,
+        logged_until=trial.logged_until,
     )
-    result = fit(exp, spec, storage, use_gpu, callbacks=train_callbacks)
+    result = fit(exp, spec, storage, use_gpu, callbacks=trial.callbacks, train_run_name=train_run)
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint; see the worker logs above")
     with result.checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:

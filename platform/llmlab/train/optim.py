@@ -76,3 +76,30 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
         return lr_factor(step_index, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def decaying_groups(optimizer: torch.optim.Optimizer) -> list[bool]:
+    """Which of a freshly built optimizer's groups decay (read before a checkpoint's values
+    replace theirs); with weight_decay 0 none does, which `apply_hyperparameters` keeps."""
+    return [group["weight_decay"] != 0.0 for group in optimizer.param_groups]
+
+
+def apply_hyperparameters(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    cfg: TrainConfig,
+    decaying: list[bool],
+) -> None:
+    """Set `cfg`'s AdamW hyperparameters on an optimizer and schedule whose state came from a
+    checkpoint of another run (population-based training hands a trial its donor's state with
+    new values): the loaded state would otherwise keep the donor's peak lr, decay, betas and eps.
+    The schedule's position (its step) stays; only the peak it scales is replaced. `decaying` is
+    `decaying_groups` of the optimizer before the checkpoint was loaded into it."""
+    scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+    factor = lr_factor(max(scheduler.last_epoch, 0), cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+    for group, decays in zip(optimizer.param_groups, decaying, strict=True):
+        group["initial_lr"] = cfg.lr
+        group["lr"] = cfg.lr * factor
+        group["weight_decay"] = cfg.weight_decay if decays else 0.0
+        group["betas"] = (cfg.beta1, cfg.beta2)
+        group["eps"] = cfg.eps

@@ -33,9 +33,31 @@ from llmlab.train.evaluate import OVERALL, evaluate, load_heldout
 from llmlab.train.loop import StepMetrics, train
 from llmlab.train.mixing import MixedBatches
 from llmlab.train.objectives import build_objective, mean_token_loss
-from llmlab.train.optim import build_optimizer, build_scheduler
+from llmlab.train.optim import apply_hyperparameters, build_optimizer, build_scheduler, decaying_groups
 from llmlab.train.progress import format_progress
 from llmlab.train.rows import RowFormat
+
+
+@dataclass(frozen=True)
+class StartFrom:
+    """Another run's checkpoint that a run continues from (population-based training's exploit):
+    where it is, whose it is (an MLflow run name) and the step it holds."""
+
+    checkpoint_uri: str
+    owner: str
+    step: int
+
+    def train_run_name(self, run_name: str) -> str:
+        """The Train run that continues from it: one of its own, so that neither run's checkpoints
+        are mixed with the other's, and the same on a retry (which then resumes it)."""
+        return f"{run_name}-from-{self.owner}-{self.step}"
+
+
+def checkpoint_uri(checkpoint: ray.train.Checkpoint) -> str:
+    """A Train checkpoint's location as one string `ray.train.Checkpoint(uri)` reads back: its
+    path on the local filesystem, else with the filesystem's scheme (s3://, gs://…)."""
+    kind = checkpoint.filesystem.type_name
+    return checkpoint.path if kind == "local" else f"{'gs' if kind == 'gcs' else kind}://{checkpoint.path}"
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,16 @@ class WorkerSpec:
     # Fault drill: the last rank kills itself (SIGKILL) on reaching this step, unless the run
     # resumed from a checkpoint; 0: never. Set from $LLMLAB_FAULT_AT_STEP by the driver.
     fault_at_step: int = 0
+    # A checkpoint of another run to start from when this run has none of its own (a PBT trial
+    # starts from its donor's, with its own hyperparameters); "" for none.
+    start_checkpoint: str = ""
+    # A named queue the logging rank waits on after each report with a checkpoint, until the sweep
+    # has handed it to Tune (see llmlab.tune.forward); "" for none.
+    report_gate: str = ""
+    # Steps the MLflow run already holds from before this Train run started (a PBT trial that
+    # continues from a donor's earlier step re-trains some): not logged again, so that every step
+    # of the run has one value. 0: log every step.
+    logged_until: int = 0
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -108,7 +140,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         )
     start_step = 0
     checkpoint = ray.train.get_checkpoint()
+    foreign = checkpoint is None and bool(spec.start_checkpoint)
+    if foreign:
+        checkpoint = ray.train.Checkpoint(spec.start_checkpoint)
     if checkpoint is not None:
+        decaying = decaying_groups(optimizer)
         with checkpoint.as_directory() as folder:
             start_step = load_checkpoint(
                 folder, model=laid_out.module, optimizer=optimizer, scheduler=scheduler, rank=rank
@@ -116,8 +152,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             data_state = load_data_state(folder)
         if mixed is not None and data_state is not None:
             mixed.load_state_dict(data_state)
+        if foreign:
+            apply_hyperparameters(optimizer, scheduler, exp.train, decaying)
         if rank == 0:
-            print(f"[{spec.run_name}] resuming from the checkpoint at step {start_step}", flush=True)
+            origin = f"{spec.start_checkpoint} (this run's own hyperparameters)" if foreign else "the checkpoint"
+            print(f"[{spec.run_name}] resuming from {origin} at step {start_step}", flush=True)
     if rank == 0 and world_size > 1:
         print(f"[{spec.run_name}] parallel layout: {dims.describe()}", flush=True)
 
@@ -152,7 +191,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                     parallel=laid_out,
                 )
             )
-        if logger is not None:
+        if logger is not None and metrics.step > spec.logged_until:
             logger.log(metrics.step, values)
         is_checkpoint = metrics.step % exp.train.checkpoint_every == 0 or is_last
         if metrics.step % exp.train.log_every != 0 and not is_checkpoint and not is_eval:
@@ -176,6 +215,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 data_state=mixed.state_dict() if mixed is not None else None,
             )
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        if spec.report_gate and logger is not None:
+            # Until the sweep has handed the report to Tune: a trial paused there logs no step past it.
+            ray.get(ray.get_actor(spec.report_gate).get.remote())
 
     # One monitor per node (its first worker), so every node's CPU, memory and GPU are logged.
     monitor = (
@@ -224,8 +266,10 @@ def fit(
     storage_path: str,
     use_gpu: bool,
     callbacks: Sequence[ray.train.UserCallback] = (),
+    train_run_name: str | None = None,
 ) -> ray.train.Result:
-    """Run (or resume) the training run `spec.run_name` under `storage_path`."""
+    """Run (or resume) the training run `train_run_name` (default: `spec.run_name`) under
+    `storage_path`."""
     resources = {"CPU": exp.train.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = 1
@@ -236,7 +280,7 @@ def fit(
             num_workers=exp.train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
-            name=spec.run_name,
+            name=train_run_name or spec.run_name,
             storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=exp.train.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=exp.train.max_failures),

@@ -73,15 +73,36 @@ class SweepConfig(BaseModel):
     num_samples: int = Field(1, gt=0, description="Samples of the random dimensions (per grid point and seed).")
     metric: str = Field("eval_loss", min_length=1, description="The metric that ranks trials (its last value).")
     mode: Literal["min", "max"] = Field("min", description="Whether lower or higher `metric` is better.")
-    scheduler: Literal["fifo", "asha"] = Field(
+    scheduler: Literal["fifo", "asha", "pbt"] = Field(
         "fifo",
         description="fifo: every trial runs to the end; asha: trials behind their peers at a rung (grace_steps, "
-        "× reduction_factor, …) are stopped early (asynchronous successive halving).",
+        "× reduction_factor, …) are stopped early (asynchronous successive halving); pbt: population-based "
+        "training, every perturbation_steps a trial in the bottom quantile_fraction continues from the "
+        "checkpoint of one in the top, with the space's values perturbed (×0.8 or ×1.2, a neighbouring listed "
+        "value, or with resample_probability a fresh draw).",
     )
     grace_steps: int | None = Field(
         None, gt=0, description="asha: steps a trial runs before it can be stopped; null: a quarter of max_steps."
     )
     reduction_factor: float = Field(2.0, gt=1, description="asha: keep the best 1/reduction_factor at each rung.")
+    perturbation_steps: int | None = Field(
+        None,
+        gt=0,
+        description="pbt: steps between a trial's exploit/explore decisions; null: train.checkpoint_every. "
+        "Checkpoints (and, for an eval metric, evaluations) must fall on these steps.",
+    )
+    quantile_fraction: float = Field(
+        0.25, gt=0, le=0.5, description="pbt: the share of trials that copy, and the share copied from."
+    )
+    resample_probability: float = Field(
+        0.25, ge=0, le=1, description="pbt: chance that an explored value is drawn afresh instead of perturbed."
+    )
+    synchronous: bool = Field(
+        False,
+        description="pbt: decide for all trials at once, each paused at every decision step until all reach it "
+        "(comparisons at equal steps, at the cost of a restart per trial per decision); false: each trial "
+        "decides when it gets there, against the others' latest scores.",
+    )
     max_concurrent_trials: int | None = Field(
         None, gt=0, description="Trials at once; null: as many as the cluster's CPUs (or GPUs) hold."
     )

@@ -6,9 +6,20 @@ import copy
 from typing import Any
 
 from llmlab.config import ConfigError, ExperimentConfig, set_path, validate_experiment
-from llmlab.tune.config import SweepConfig
+from llmlab.tune.config import Distribution, SweepConfig
 
 SEED_PATH = "train.seed"
+# What population-based training may change in the middle of a run: the optimizer's settings, which
+# a trial re-applies over its donor's checkpoint. Anything else (a shape, the data) would not fit it.
+PBT_PATHS = (
+    "train.lr",
+    "train.weight_decay",
+    "train.beta1",
+    "train.beta2",
+    "train.eps",
+    "train.grad_clip",
+    "train.min_lr_ratio",
+)
 
 
 def check_space(exp: ExperimentConfig) -> None:
@@ -21,6 +32,8 @@ def check_space(exp: ExperimentConfig) -> None:
             "sweep.grace_steps",
             f"must be below train.max_steps ({exp.train.max_steps}), or no trial can be stopped (got {grace})",
         )
+    if exp.sweep.scheduler == "pbt":
+        _check_pbt(exp)
     for path, distribution in exp.sweep.space.items():
         if path.startswith("data.") and distribution.kind not in ("grid", "choice"):
             raise ConfigError(
@@ -34,6 +47,47 @@ def check_space(exp: ExperimentConfig) -> None:
             except ConfigError as err:
                 problem = err.problem if err.path == path else f"{err.path}: {err.problem}"
                 raise ConfigError(f"sweep.space.{path}", f"{problem} (for the value {value!r})") from None
+
+
+def pbt_interval(exp: ExperimentConfig) -> int:
+    return exp.sweep.perturbation_steps or exp.train.checkpoint_every
+
+
+def _check_pbt(exp: ExperimentConfig) -> None:
+    """PBT needs values it may change mid-run, and a checkpoint and the metric at every decision."""
+    if not exp.sweep.space:
+        raise ConfigError("sweep.space", f"pbt explores the space's values, but it is empty; vary one of {PBT_PATHS}")
+    for path in exp.sweep.space:
+        if path not in PBT_PATHS:
+            raise ConfigError(
+                f"sweep.space.{path}",
+                "pbt changes values in the middle of a run, from another trial's checkpoint, and this one cannot "
+                f"change there; pbt can vary {', '.join(PBT_PATHS)} (or use scheduler asha or fifo)",
+            )
+    interval, train = pbt_interval(exp), exp.train
+    where = "sweep.perturbation_steps" if exp.sweep.perturbation_steps else "train.checkpoint_every"
+    if interval >= train.max_steps:
+        raise ConfigError(
+            where, f"pbt decides every {interval} steps, which must be below train.max_steps ({train.max_steps})"
+        )
+    reported_every = (
+        ("train.eval_every", train.eval_every)
+        if exp.sweep.metric.startswith("eval")
+        else ("train.log_every", train.log_every)
+    )
+    for name, every in (("train.checkpoint_every", train.checkpoint_every), reported_every):
+        if interval % every:
+            raise ConfigError(
+                name,
+                f"must divide pbt's {interval} steps between decisions (got {every}), so each decision has "
+                f"a checkpoint and {exp.sweep.metric}",
+            )
+
+
+def pbt_mutations(sweep: SweepConfig) -> dict[str, Any]:
+    """PBT's hyperparam_mutations, shaped like the trials' configs: listed values (grid, choice)
+    move to a neighbour or are redrawn; ranges are scaled or redrawn from their distribution."""
+    return {"overrides": {path: _domain(d, listed=True) for path, d in sweep.space.items()}}
 
 
 def trial_experiment(base: dict[str, Any], overrides: dict[str, Any], seed: int | None = None) -> ExperimentConfig:
@@ -60,15 +114,20 @@ def tune_space(sweep: SweepConfig) -> dict[str, Any]:
     """Ray Tune's param_space: {"overrides": {path: domain}, "seed": grid of seeds}."""
     from ray import tune
 
-    make = {
-        "grid": tune.grid_search,
-        "choice": tune.choice,
-        "uniform": lambda bounds: tune.uniform(*bounds),
-        "loguniform": lambda bounds: tune.loguniform(*bounds),
-        "randint": lambda bounds: tune.randint(*bounds),
-    }
-    overrides = {path: make[d.kind](list(d.values)) for path, d in sweep.space.items()}
+    overrides = {path: _domain(d) for path, d in sweep.space.items()}
     return {"overrides": overrides, "seed": tune.grid_search(list(sweep.seeds))}
+
+
+def _domain(distribution: Distribution, listed: bool = False) -> Any:
+    """Tune's form of one dimension; `listed`: grid and choice values as a plain list (PBT's)."""
+    from ray import tune
+
+    values = distribution.values
+    if distribution.kind in ("grid", "choice"):
+        return (
+            list(values) if listed else (tune.grid_search if distribution.kind == "grid" else tune.choice)(list(values))
+        )
+    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[distribution.kind](*values)
 
 
 def grid_size(sweep: SweepConfig) -> int:

@@ -8,6 +8,7 @@ and its own MLflow child run, with Train's reports forwarded to Tune by `TuneRep
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -26,12 +27,29 @@ from llmlab.cluster import cluster_has_gpus, connect_ray, quiet_data_progress
 from llmlab.config import ConfigError, ExperimentConfig, flatten, to_yaml
 from llmlab.data.config import DataConfig, shard_key
 from llmlab.data.objectives import ObjectiveConfig
-from llmlab.experiment import check_data_inputs, default_run_name, prepare_data, resolve_storage, run_experiment
+from llmlab.experiment import (
+    TrialLink,
+    check_data_inputs,
+    default_run_name,
+    prepare_data,
+    resolve_storage,
+    run_experiment,
+)
 from llmlab.tracking.runs import flatten_numbers, log_params, marks_failure, open_run
 from llmlab.tracking.store import check_reachable, resolve_store
+from llmlab.train.trainer import StartFrom
+from llmlab.tune.forward import DECISION_STEP, CheckpointReporter, checkpoint_exists, start_from_tune_checkpoint
 from llmlab.tune.results import TrialOutcome, VariantRow, by_variant, format_table
-from llmlab.tune.space import check_space, grid_size, trial_experiment, tune_space, variant_label
-from llmlab.tune.tags import SEED_TAG, STOPPED_TAG, SWEEP_TAG, VARIANT_TAG
+from llmlab.tune.space import (
+    check_space,
+    grid_size,
+    pbt_interval,
+    pbt_mutations,
+    trial_experiment,
+    tune_space,
+    variant_label,
+)
+from llmlab.tune.tags import EXPLOIT_TAG, SEED_TAG, STOPPED_TAG, SWEEP_TAG, VARIANT_TAG
 
 TRIAL_DRIVER_CPUS = 0.01  # a trial's own process only waits on its Train run (Tune rejects 0)
 
@@ -158,6 +176,7 @@ def _tune(
         sweep_name=name,
         parent_run_id=parent_id,
         source=str(source) if source else None,
+        exploits=exp.sweep.scheduler == "pbt",
     )
     # Tune's console output (a settings box, a TensorBoard hint, status tables) would bury the trials'
     # progress lines; its older reporter honours verbose=0, and the table at the end says the rest.
@@ -174,7 +193,10 @@ def _tune(
         trainable,
         param_space=tune_space(exp.sweep),
         tune_config=tune.TuneConfig(
-            num_samples=exp.sweep.num_samples, max_concurrent_trials=concurrency, scheduler=scheduler
+            num_samples=exp.sweep.num_samples,
+            max_concurrent_trials=concurrency,
+            scheduler=scheduler,
+            reuse_actors=False,  # a paused PBT trial's actor goes, and its Train run with it
         ),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
     )
@@ -182,15 +204,27 @@ def _tune(
 
 
 def _scheduler(exp: ExperimentConfig, state_path: Path) -> Any:
-    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining
 
     from llmlab.tune.asha import ResumableASHA
 
     if exp.sweep.scheduler == "fifo":
         return FIFOScheduler()
-    # Evaluation metrics are in the reports of evaluation steps only; ASHA skips the other reports,
-    # and Tune's strict check (every report must hold the metric) would reject them.
+    # Evaluation metrics are in the reports of evaluation steps only; the schedulers skip the other
+    # reports, and Tune's strict check (every report must hold the metric) would reject them.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    if exp.sweep.scheduler == "pbt":
+        return PopulationBasedTraining(
+            time_attr=DECISION_STEP,
+            metric=exp.sweep.metric,
+            mode=exp.sweep.mode,
+            perturbation_interval=pbt_interval(exp),
+            hyperparam_mutations=pbt_mutations(exp.sweep),
+            quantile_fraction=exp.sweep.quantile_fraction,
+            resample_probability=exp.sweep.resample_probability,
+            require_attrs=False,  # reports between evaluations lack the metric: PBT lets them pass
+            synch=exp.sweep.synchronous,
+        )
     grace = exp.sweep.grace_steps or max(1, exp.train.max_steps // 4)
     # Rungs lie at grace × reduction_factor^k up to max_t. A rung at the last step, or ASHA's own
     # stop at max_t, would cut a trial off at its final report, before its run ends (export, status):
@@ -239,9 +273,19 @@ def trial_run_name(sweep_name: str, trial_id: str) -> str:
 
 
 def run_trial(
-    config: dict[str, Any], *, base: dict[str, Any], sweep_name: str, parent_run_id: str, source: str | None
+    config: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    sweep_name: str,
+    parent_run_id: str,
+    source: str | None,
+    exploits: bool = False,
 ) -> None:
-    """One trial (runs inside Tune): a whole llmlab run, nested under the sweep's MLflow run."""
+    """One trial (runs inside Tune): a whole llmlab run, nested under the sweep's MLflow run.
+
+    `exploits` (PBT): Train's reports reach Tune with their checkpoints, and a trial that Tune
+    (re)starts with a checkpoint continues from the Train checkpoint it names, with this trial's
+    (perhaps just perturbed) values."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -255,14 +299,60 @@ def run_trial(
         tune.report({**finished.data.metrics, "step": exp.train.max_steps})
         print(f"[{run_name}] finished before the sweep restarted: not run again", flush=True)
         return
-    summary = run_experiment(
-        exp,
-        Path(source) if source else None,
-        parent_run_id=parent_run_id,
-        train_callbacks=[TuneReportCallback()],
-        tags={VARIANT_TAG: variant_label(overrides), SEED_TAG: str(seed), SWEEP_TAG: sweep_name},
-    )
+    tags = {VARIANT_TAG: variant_label(overrides), SEED_TAG: str(seed), SWEEP_TAG: sweep_name}
+    start_from = start_from_tune_checkpoint() if exploits else None
+    logged_until = 0
+    if start_from is not None:
+        if not checkpoint_exists(start_from):
+            raise ConfigError(
+                "train.keep_checkpoints",
+                f"{start_from.owner}'s checkpoint at step {start_from.step} was deleted before {run_name} could "
+                "continue from it; keep more checkpoints",
+            )
+        logged_until = _note_start(exp, parent_run_id, run_name, start_from, overrides)
+        del tags[VARIANT_TAG]  # the trial keeps the variant it started as; its values now are logged
+    with contextlib.ExitStack() as stack:
+        reporter = stack.enter_context(CheckpointReporter(run_name, exp.train.max_steps)) if exploits else None
+        callback = reporter.callback() if reporter is not None else TuneReportCallback()
+        summary = run_experiment(
+            exp,
+            Path(source) if source else None,
+            parent_run_id=parent_run_id,
+            tags=tags,
+            trial=TrialLink(
+                callbacks=[callback],
+                start_from=start_from,
+                report_gate=reporter.gate_name if reporter is not None else "",
+                logged_until=logged_until,
+            ),
+        )
     print(f"[{run_name}] {variant_label(overrides)}, seed {seed}: done at step {summary.steps}", flush=True)
+
+
+def _note_start(
+    exp: ExperimentConfig, parent_run_id: str, run_name: str, start: StartFrom, overrides: dict[str, Any]
+) -> int:
+    """A PBT trial (re)started from a checkpoint: when it is another trial's (an exploit), its MLflow
+    run gets a tag naming the donor and step, and the values it continues with as metrics at that
+    step (MLflow params cannot change; the chart shows them). Returns the last step the run has
+    logged, which the continued run does not log again."""
+    client = MlflowClient(resolve_store(exp.tracking).uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.run_name = '{run_name}'"
+    runs = client.search_runs([experiment_id], query)
+    values = variant_label(overrides)
+    exploit = start.owner != run_name
+    source = f"{start.owner}'s checkpoint" if exploit else "its checkpoint"
+    print(f"[{run_name}] continues from {source} at step {start.step} with {values}", flush=True)
+    if not runs:
+        return 0
+    run_id = runs[0].info.run_id
+    if exploit:
+        client.set_tag(run_id, f"{EXPLOIT_TAG}.{start.step}", f"from {start.owner} with {values}")
+        for path, value in overrides.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                client.log_metric(run_id, f"pbt.{path}", float(value), step=start.step)
+    return max((metric.step for metric in client.get_metric_history(run_id, "loss")), default=0)
 
 
 def _finished_run(exp: ExperimentConfig, parent_run_id: str, run_name: str) -> Any:

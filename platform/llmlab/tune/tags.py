@@ -4,3 +4,4 @@ VARIANT_TAG = "llmlab.variant"  # on a trial: the point of the space, e.g. "trai
 SEED_TAG = "llmlab.seed"  # on a trial: its seed
 SWEEP_TAG = "llmlab.sweep"  # "parent" on the sweep's run; the sweep's name on a trial
 STOPPED_TAG = "llmlab.stopped_early"  # on a trial the scheduler stopped: where and why
+EXPLOIT_TAG = "llmlab.exploit"  # `llmlab.exploit.<step>` on a PBT trial: whose checkpoint it took there, with what
