@@ -126,6 +126,83 @@ def test_pbt_explores_the_space_and_reapplies_a_trials_own_values_over_a_donors_
     assert sorted(group["weight_decay"] for group in fresh.param_groups) == [0.0, 0.05]
 
 
+@pytest.mark.parametrize(
+    ("space", "seeds", "where", "says"),
+    [
+        ({"train.lr": {"grid": [1e-3, 1e-2]}}, [0], "sweep.space.train.lr", "not grid"),
+        ({"train.lr": {"loguniform": [1e-4, 1e-2]}}, [0, 1], "sweep.seeds", "list one seed"),
+    ],
+)
+def test_bad_tpe_sweep_is_one_line_before_anything_runs(tmp_path: Path, capsys, space, seeds, where, says) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(with_space(space, search="tpe", seeds=seeds)))
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: {where}") and says in err, err
+
+
+def test_tpe_search_draws_what_optunas_own_tpe_draws(ray_session, tmp_path: Path, monkeypatch) -> None:
+    """The sweep's space and TPE searcher under Tune, with a stand-in trainable whose eval_loss is a
+    bowl around lr 1e-3 and rmsnorm, reported only at the last of its steps (as evaluations are),
+    draw exactly the trials that Optuna's own TPE sampler, seeded alike, asks for on the same space
+    when told the same losses: 10 random start-up draws, then 2 from its model of the results."""
+    import math
+    import time
+
+    import optuna
+    from ray import tune
+
+    from llmlab.tune.space import search_algorithm, tune_space
+
+    samples = 12
+    exp = validate_experiment(
+        with_space(
+            {"train.lr": {"loguniform": [1e-5, 1e-1]}, "model.norm": {"choice": ["layernorm", "rmsnorm"]}},
+            search="tpe",
+            num_samples=samples,
+            seeds=[3],
+        )
+    )
+    check_space(exp)
+    monkeypatch.setenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # as `llmlab sweep` sets it
+
+    def distance(lr: float, norm: str) -> float:
+        return abs(math.log10(lr) + 3) + (norm == "layernorm")
+
+    def bowl(config: dict) -> None:
+        overrides = config["overrides"]
+        tune.report({"step": 1})  # between evaluations: no metric
+        loss = distance(overrides["train.lr"], overrides["model.norm"])
+        tune.report({"step": 2, "eval_loss": loss, "drawn_at": time.time()})
+
+    tuner = tune.Tuner(
+        bowl,
+        param_space=tune_space(exp.sweep),
+        tune_config=tune.TuneConfig(
+            search_alg=search_algorithm(exp.sweep), num_samples=samples, max_concurrent_trials=1
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="tpe", verbose=0),
+    )
+    results = sorted(tuner.fit(), key=lambda result: result.metrics["drawn_at"])
+    assert len(results) == samples and all(result.error is None for result in results)
+    assert all(result.config["seed"] == 3 for result in results)
+    drawn = [(r.config["overrides"]["train.lr"], r.config["overrides"]["model.norm"]) for r in results]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=3))
+    space = {
+        "overrides/train.lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True),
+        "overrides/model.norm": optuna.distributions.CategoricalDistribution(["layernorm", "rmsnorm"]),
+    }
+    expected = []
+    for _ in range(samples):
+        trial = study.ask(fixed_distributions=space)
+        lr, norm = trial.params["overrides/train.lr"], trial.params["overrides/model.norm"]
+        study.tell(trial, distance(lr, norm))
+        expected.append((lr, norm))
+    assert drawn == expected
+
+
 def test_trial_experiment_sets_values_and_seed() -> None:
     exp = validate_experiment(with_space({"train.lr": {"grid": [1e-3, 3e-3]}, "data.dedup.enabled": {"grid": [True]}}))
     check_space(exp)

@@ -73,6 +73,12 @@ class SweepConfig(BaseModel):
     num_samples: int = Field(1, gt=0, description="Samples of the random dimensions (per grid point and seed).")
     metric: str = Field("eval_loss", min_length=1, description="The metric that ranks trials (its last value).")
     mode: Literal["min", "max"] = Field("min", description="Whether lower or higher `metric` is better.")
+    search: Literal["random", "tpe"] = Field(
+        "random",
+        description="random: grid points crossed with num_samples random draws of the other dimensions; tpe: "
+        "Optuna's Tree-structured Parzen Estimator draws each trial from the results so far (needs "
+        "`pip install optuna`; no grid dimensions, one seed).",
+    )
     scheduler: Literal["fifo", "asha", "pbt"] = Field(
         "fifo",
         description="fifo: every trial runs to the end; asha: trials behind their peers at a rung (grace_steps, "

@@ -34,6 +34,8 @@ def check_space(exp: ExperimentConfig) -> None:
         )
     if exp.sweep.scheduler == "pbt":
         _check_pbt(exp)
+    if exp.sweep.search == "tpe":
+        _check_tpe(exp)
     for path, distribution in exp.sweep.space.items():
         if path.startswith("data.") and distribution.kind not in ("grid", "choice"):
             raise ConfigError(
@@ -47,6 +49,24 @@ def check_space(exp: ExperimentConfig) -> None:
             except ConfigError as err:
                 problem = err.problem if err.path == path else f"{err.path}: {err.problem}"
                 raise ConfigError(f"sweep.space.{path}", f"{problem} (for the value {value!r})") from None
+
+
+def _check_tpe(exp: ExperimentConfig) -> None:
+    """TPE draws every value itself, one trial after another: nothing to enumerate, Optuna present."""
+    import importlib.util
+
+    grids = [path for path, d in exp.sweep.space.items() if d.kind == "grid"]
+    if grids:
+        raise ConfigError(
+            f"sweep.space.{grids[0]}",
+            "search tpe draws every value from what it has learned, so it takes choice or a range, not grid",
+        )
+    if len(exp.sweep.seeds) > 1:
+        raise ConfigError(
+            "sweep.seeds", "search tpe runs one seed per trial it draws; list one seed (or use search: random)"
+        )
+    if importlib.util.find_spec("optuna") is None:
+        raise ConfigError("sweep.search", "tpe needs Optuna, which is not installed: pip install optuna")
 
 
 def pbt_interval(exp: ExperimentConfig) -> int:
@@ -111,11 +131,23 @@ def _short(value: Any) -> str:
 
 
 def tune_space(sweep: SweepConfig) -> dict[str, Any]:
-    """Ray Tune's param_space: {"overrides": {path: domain}, "seed": grid of seeds}."""
+    """Ray Tune's param_space: {"overrides": {path: domain}, "seed": grid of seeds} (the one seed
+    as is under TPE, which takes no grids)."""
     from ray import tune
 
     overrides = {path: _domain(d) for path, d in sweep.space.items()}
-    return {"overrides": overrides, "seed": tune.grid_search(list(sweep.seeds))}
+    seeds = list(sweep.seeds)
+    return {"overrides": overrides, "seed": seeds[0] if sweep.search == "tpe" else tune.grid_search(seeds)}
+
+
+def search_algorithm(sweep: SweepConfig) -> Any:
+    """Tune's search algorithm: None (its own random and grid variant generator) or Optuna's TPE,
+    seeded by the sweep's seed so that a rerun draws the same trials."""
+    if sweep.search == "random":
+        return None
+    from llmlab.tune.tpe import EvaluatedReportsOnly
+
+    return EvaluatedReportsOnly(metric=sweep.metric, mode=sweep.mode, seed=sweep.seeds[0])
 
 
 def _domain(distribution: Distribution, listed: bool = False) -> Any:

@@ -45,6 +45,7 @@ from llmlab.tune.space import (
     grid_size,
     pbt_interval,
     pbt_mutations,
+    search_algorithm,
     trial_experiment,
     tune_space,
     variant_label,
@@ -182,6 +183,9 @@ def _tune(
     # progress lines; its older reporter honours verbose=0, and the table at the end says the rest.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     trainable = tune.with_resources(trial, {"CPU": TRIAL_DRIVER_CPUS})
+    # Evaluation metrics are in the reports of evaluation steps only; schedulers and searchers skip
+    # the other reports, and Tune's strict check (every report must hold the metric) would reject them.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # The scheduler's state is the driver's: beside the sweep's storage when that is a local folder.
     state_root = Path(storage) if "://" not in storage else Path(tempfile.gettempdir()) / "llmlab-sweeps"
     scheduler = _scheduler(exp, state_root / name / "scheduler_state.pkl")
@@ -196,6 +200,7 @@ def _tune(
             num_samples=exp.sweep.num_samples,
             max_concurrent_trials=concurrency,
             scheduler=scheduler,
+            search_alg=search_algorithm(exp.sweep),
             reuse_actors=False,  # a paused PBT trial's actor goes, and its Train run with it
         ),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
@@ -210,9 +215,6 @@ def _scheduler(exp: ExperimentConfig, state_path: Path) -> Any:
 
     if exp.sweep.scheduler == "fifo":
         return FIFOScheduler()
-    # Evaluation metrics are in the reports of evaluation steps only; the schedulers skip the other
-    # reports, and Tune's strict check (every report must hold the metric) would reject them.
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if exp.sweep.scheduler == "pbt":
         return PopulationBasedTraining(
             time_attr=DECISION_STEP,
