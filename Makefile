@@ -15,7 +15,7 @@ quickstart: setup
 
 test: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -334,20 +334,23 @@ def test_ui_serves_the_store_on_localhost_only(tmp_path: Path) -> None:
         server.wait(timeout=30)
 
 
+# An ablation shrunk to 8 steps of a tiny model.
+TINY_ABLATION = [
+    "data.demo_docs_per_domain=150",
+    "model.d_model=32",
+    "train.max_steps=8",
+    "train.warmup_steps=2",
+    "train.eval_every=4",
+    "train.checkpoint_every=8",
+    "tracking.system_metrics=false",
+]
+
+
 def tiny_ablation_run(ablation: str, run_name: str, overrides: list[str], cli_env: dict[str, str], tmp_path: Path):
-    """`llmlab run` of experiments/ablations/<ablation>.yaml shrunk to 8 steps of a tiny model:
+    """`llmlab run` of experiments/ablations/<ablation>.yaml shrunk (TINY_ABLATION):
     (the CLI's result, the store's client, the finished MLflow run)."""
-    tiny = [
-        "data.demo_docs_per_domain=150",
-        "model.d_model=32",
-        "train.max_steps=8",
-        "train.warmup_steps=2",
-        "train.eval_every=4",
-        "train.checkpoint_every=8",
-        "tracking.system_metrics=false",
-        f"tracking.run_name={run_name}",
-    ]
     experiment = REPO / "experiments" / "ablations" / f"{ablation}.yaml"
+    tiny = [*TINY_ABLATION, f"tracking.run_name={run_name}"]
     result = llmlab(tmp_path, "run", str(experiment), *tiny, *overrides, env=cli_env)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     client = store_client(tmp_path)
@@ -356,15 +359,28 @@ def tiny_ablation_run(ablation: str, run_name: str, overrides: list[str], cli_en
     return result, client, run
 
 
-def test_an_ablation_runs_unpadded_with_alternating_sparse_layers(cli_env: dict[str, str], tmp_path: Path) -> None:
-    """The attention ablation's file through `llmlab run`, unpadded (document masks from the
-    tokenizer's EOS, which the driver hands the workers) with dense/local layers."""
-    overrides = ["model.attention.pattern=[dense,local]", "data.packing=documents", "data.seq_len=64"]
-    _, client, run = tiny_ablation_run("attention", "unpadded", overrides, cli_env, tmp_path)
-    assert run.data.params["data.packing"] == "documents"
-    assert run.data.params["model.attention.pattern"] == "['dense', 'local']"
-    heldout = client.get_metric_history(run.info.run_id, "eval_loss")
-    assert len(heldout) == 2 and all(0 < m.value < 10 for m in heldout)
+def test_the_attention_ablation_sweeps_end_to_end_unpadded(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """`llmlab sweep` of the attention ablation's file, shrunk, unpadded (document masks from the
+    tokenizer's EOS, which the driver hands the workers): its two trials, every layer dense and
+    dense/local layers alternating, nested under one parent run with the comparison table."""
+    experiment = REPO / "experiments" / "ablations" / "attention.yaml"
+    overrides = ["data.packing=documents", "data.seq_len=64", "train.num_workers=1", "sweep.max_concurrent_trials=2"]
+    result = llmlab(tmp_path, "sweep", str(experiment), *TINY_ABLATION, *overrides, "sweep.name=attn", env=cli_env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    client = store_client(tmp_path)
+    experiment_id = client.get_experiment_by_name("ablation-attention").experiment_id
+    runs = client.search_runs([experiment_id])
+    parent = next(run for run in runs if "mlflow.parentRunId" not in run.data.tags)
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 3 and parent.info.run_name == "attn"
+    patterns = sorted(run.data.params["model.attention.pattern"] for run in children)
+    assert patterns == ["['dense', 'local']", "['dense']"]
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.params["data.packing"] == "documents"
+        heldout = client.get_metric_history(run.info.run_id, "eval_loss")
+        assert sorted(m.step for m in heldout) == [4, 8] and all(0 < m.value < 10 for m in heldout)
+    table = Path(client.download_artifacts(parent.info.run_id, "sweep/results.md")).read_text()
+    assert "model.attention.pattern=['dense', 'local']" in table and table in result.stdout
 
 
 def test_an_objective_that_does_not_fit_the_model_is_one_line_before_any_run(tmp_path: Path) -> None:

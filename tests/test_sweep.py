@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -320,8 +321,9 @@ def test_asha_sweep_stops_a_trial_early_nests_trials_in_mlflow_resumes_and_repor
 def test_pbt_sweep_continues_a_hopeless_trial_from_a_good_ones_checkpoint(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """Two learning rates under synchronous PBT deciding at step 10: the hopeless one (1e-7, which
-    alone stays near its first loss) falls in the bottom half and continues from the good one's
+    """The PBT ablation's file, shrunk to two learning rates under synchronous PBT deciding at step
+    10: the hopeless one (1e-7, which alone stays near its first loss) falls in the bottom half and
+    continues from the good one's
     step-10 checkpoint, with the good one's value moved to a neighbour. Its MLflow run names the
     donor and step and logs each step once; its step 11 is the donor's step 11 (the same weights
     on the same batch), and it ends near the good trial's loss."""
@@ -330,20 +332,24 @@ def test_pbt_sweep_continues_a_hopeless_trial_from_a_good_ones_checkpoint(
 
     from mlflow.tracking import MlflowClient
 
-    spec = with_space(
-        {"train.lr": {"grid": [3.0e-3, 1.0e-7]}},
-        seeds=[0],
-        name="lr-pbt",
-        scheduler="pbt",
-        perturbation_steps=10,
-        synchronous=True,
-        quantile_fraction=0.5,
-        resample_probability=0.0,
-        max_concurrent_trials=2,
-    )
-    spec["train"] = {**spec["train"], "num_workers": 1, "log_every": 5, "checkpoint_every": 10}
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
-    command = [sys.executable, "-m", "llmlab.cli", "sweep", "sweep.yaml"]
+    # experiments/ablations/pbt_lr.yaml shrunk to the tiny model above, with two chosen rates.
+    shrink = {
+        **{f"{section}.{key}": value for section in ("data", "model", "train") for key, value in TINY[section].items()},
+        "train.num_workers": 1,
+        "train.log_every": 5,
+        "train.checkpoint_every": 10,
+        "tracking.experiment": "sweep-test",
+        "sweep.space": {"train.lr": {"grid": [3.0e-3, 1.0e-7]}},
+        "sweep.num_samples": 1,
+        "sweep.perturbation_steps": 10,
+        "sweep.synchronous": True,
+        "sweep.quantile_fraction": 0.5,
+        "sweep.resample_probability": 0.0,
+        "sweep.max_concurrent_trials": 2,
+    }
+    overrides = [f"{path}={json.dumps(value)}" for path, value in shrink.items()]  # JSON is YAML
+    ablation = Path(__file__).resolve().parents[1] / "experiments" / "ablations" / "pbt_lr.yaml"
+    command = [sys.executable, "-m", "llmlab.cli", "sweep", str(ablation), *overrides]
     result = subprocess.run(command, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
