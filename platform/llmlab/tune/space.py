@@ -156,9 +156,10 @@ def _domain(distribution: Distribution, listed: bool = False) -> Any:
 
     values = distribution.values
     if distribution.kind in ("grid", "choice"):
-        return (
-            list(values) if listed else (tune.grid_search if distribution.kind == "grid" else tune.choice)(list(values))
-        )
+        if listed:
+            return list(values)
+        listing = tune.grid_search if distribution.kind == "grid" else tune.choice
+        return listing(list(values))
     return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[distribution.kind](*values)
 
 

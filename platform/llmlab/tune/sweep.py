@@ -294,11 +294,12 @@ def run_trial(
     overrides, seed = dict(config["overrides"]), int(config["seed"])
     run_name = trial_run_name(sweep_name, tune.get_context().get_trial_id())
     exp = trial_experiment(base, {**overrides, "tracking.run_name": run_name}, seed)
-    finished = _finished_run(exp, parent_run_id, run_name)
-    if finished is not None:
+    client = MlflowClient(resolve_store(exp.tracking).uri)
+    previous = _trial_run(client, parent_run_id, run_name)  # from an earlier start of this trial
+    if previous is not None and previous.info.status == "FINISHED":
         # Its run ended before the driver died, after Tune last saved its state: hand Tune the
         # final metrics instead of training it again.
-        tune.report({**finished.data.metrics, "step": exp.train.max_steps})
+        tune.report({**previous.data.metrics, "step": exp.train.max_steps})
         print(f"[{run_name}] finished before the sweep restarted: not run again", flush=True)
         return
     tags = {VARIANT_TAG: variant_label(overrides), SEED_TAG: str(seed), SWEEP_TAG: sweep_name}
@@ -311,7 +312,7 @@ def run_trial(
                 f"{start_from.owner}'s checkpoint at step {start_from.step} was deleted before {run_name} could "
                 "continue from it; keep more checkpoints",
             )
-        logged_until = _note_start(exp, parent_run_id, run_name, start_from, overrides)
+        logged_until = _note_start(client, previous, run_name, start_from, overrides)
         del tags[VARIANT_TAG]  # the trial keeps the variant it started as; its values now are logged
     with contextlib.ExitStack() as stack:
         reporter = stack.enter_context(CheckpointReporter(run_name, exp.train.max_steps)) if exploits else None
@@ -331,24 +332,18 @@ def run_trial(
     print(f"[{run_name}] {variant_label(overrides)}, seed {seed}: done at step {summary.steps}", flush=True)
 
 
-def _note_start(
-    exp: ExperimentConfig, parent_run_id: str, run_name: str, start: StartFrom, overrides: dict[str, Any]
-) -> int:
+def _note_start(client: MlflowClient, run: Any, run_name: str, start: StartFrom, overrides: dict[str, Any]) -> int:
     """A PBT trial (re)started from a checkpoint: when it is another trial's (an exploit), its MLflow
-    run gets a tag naming the donor and step, and the values it continues with as metrics at that
+    `run` gets a tag naming the donor and step, and the values it continues with as metrics at that
     step (MLflow params cannot change; the chart shows them). Returns the last step the run has
     logged, which the continued run does not log again."""
-    client = MlflowClient(resolve_store(exp.tracking).uri)
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.run_name = '{run_name}'"
-    runs = client.search_runs([experiment_id], query)
     values = variant_label(overrides)
     exploit = start.owner != run_name
     source = f"{start.owner}'s checkpoint" if exploit else "its checkpoint"
     print(f"[{run_name}] continues from {source} at step {start.step} with {values}", flush=True)
-    if not runs:
+    if run is None:
         return 0
-    run_id = runs[0].info.run_id
+    run_id = run.info.run_id
     if exploit:
         client.set_tag(run_id, f"{EXPLOIT_TAG}.{start.step}", f"from {start.owner} with {values}")
         for path, value in overrides.items():
@@ -357,14 +352,10 @@ def _note_start(
     return max((metric.step for metric in client.get_metric_history(run_id, "loss")), default=0)
 
 
-def _finished_run(exp: ExperimentConfig, parent_run_id: str, run_name: str) -> Any:
-    """The trial's MLflow run if it already finished (a resumed sweep), else None."""
-    client = MlflowClient(resolve_store(exp.tracking).uri)
+def _trial_run(client: MlflowClient, parent_run_id: str, run_name: str) -> Any:
+    """The trial's MLflow run under the sweep's parent, if an earlier start of it opened one, else None."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    query = (
-        f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.run_name = '{run_name}' "
-        "and attributes.status = 'FINISHED'"
-    )
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.run_name = '{run_name}'"
     runs = client.search_runs([experiment_id], query)
     return runs[0] if runs else None
 
