@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +44,33 @@ def cli_env(ray_session) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
+
+
+@dataclass(frozen=True)
+class QuickstartRun:
+    folder: Path  # where it ran: its mlflow.db and results/
+    output: str  # what the command printed
+    seconds: float
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.folder / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> QuickstartRun:
+    """`llmlab run experiments/quickstart.yaml` once per session (MLflow run name qs): checked by
+    test_quickstart, and the trained base that fine-tuning and distillation tests start from."""
+    folder = tmp_path_factory.mktemp("quickstart")
+    experiment = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "llmlab.cli", "run", str(experiment), "tracking.run_name=qs"],
+        cwd=folder,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return QuickstartRun(folder, result.stdout + result.stderr, time.monotonic() - started)

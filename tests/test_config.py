@@ -60,9 +60,10 @@ def _validate(tmp_path: Path, text: str | None, *overrides: str) -> subprocess.C
             "error: model.norm: must be 'layernorm' or 'rmsnorm' (got 'batchnorm')",
         ),
         (
-            "finetune: {method: lora}\n",
+            "finetune: {method: qlora}\n",
             (),
-            "error: finetune.method: unknown key; this section accepts no options yet",
+            "error: finetune.method: must be 'full', 'lora', 'p_tuning', 'prefix_tuning', 'prompt_tuning' or "
+            "'adapter' (got 'qlora')",
         ),
         (
             "train: {lr: 1}\n",

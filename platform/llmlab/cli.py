@@ -18,7 +18,11 @@ USAGE_ERROR = 2
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may follow a command's options only where it says so (`llmlab distill-data X --k 8 a=b`).
+    if extra and not getattr(args, "overrides_after_options", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = getattr(args, "overrides", []) + extra
     try:
         return args.handler(args)
     except UserError as err:
@@ -74,6 +78,19 @@ def _parser() -> argparse.ArgumentParser:
     dedup.add_argument("overrides", nargs="*", help="dedup settings, e.g. threshold=0.85 shingle=char ngram=24")
     dedup.add_argument("--text-field", default="text", help="field holding the text (default: text)")
     dedup.set_defaults(handler=_dedup)
+
+    distill = commands.add_parser(
+        "distill-data",
+        help="reduce an experiment's training sequences to k selected or synthetic ones (data.distill), "
+        "written as token shards that `llmlab run ... data.distill.path=OUT` trains on",
+    )
+    distill.add_argument("experiment", type=Path, help="experiment YAML (its data and model)")
+    distill.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.distill.steps=100")
+    # Strings, validated as data.distill.* overrides: the same one-line messages as the YAML's.
+    distill.add_argument("--method", help="random | loss | el2n | distribution | gradient (data.distill.method)")
+    distill.add_argument("--k", help="sequences to keep or synthesise (data.distill.k)")
+    distill.add_argument("--out", help="output folder or URI (default: the cache under train.storage_path)")
+    distill.set_defaults(handler=_distill_data, overrides_after_options=True)
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -297,6 +314,43 @@ def _record_dedup(args: argparse.Namespace, cfg, reports: dict) -> None:
     params = {**flatten(cfg), "input": str(args.input), "output": str(args.out.resolve())}
     run_id = record_job(store, "dedup", f"dedup-{time.strftime('%Y%m%d-%H%M%S')}", params, reports)
     print(f"logged to MLflow run {run_id} (experiment 'dedup') in {store.uri}")
+
+
+def _distill_data(args: argparse.Namespace) -> int:
+    from llmlab.cluster import connect_ray, quiet_data_progress
+    from llmlab.config import ConfigError, load_experiment
+    from llmlab.data.corpus import DataQualityError
+    from llmlab.data.distill.config import DatasetDistillConfig
+    from llmlab.tracking.store import resolve_store
+
+    flags = [f"data.distill.{name}={value}" for name in ("method", "k") if (value := getattr(args, name)) is not None]
+    try:
+        exp = load_experiment(args.experiment, args.overrides + flags)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+    cfg = exp.data.distill or DatasetDistillConfig()
+    if cfg.path is not None:
+        raise UserError(f"data.distill.path: names a set to train on; {args.experiment} would distil into --out")
+    from llmlab.data.distill.build import distilled_data
+    from llmlab.experiment import check_data_inputs, prepare_data, resolve_storage
+
+    storage = resolve_storage(exp.train.storage_path)
+    try:
+        check_data_inputs(exp.data)
+        connect_ray(exp.cluster, exp.train)
+        quiet_data_progress()
+        data = prepare_data(exp.data, storage, objective=exp.objective)
+        result = distilled_data(
+            cfg, exp.model, data.manifest_uri, storage, out_dir=args.out, tracking_uri=resolve_store(exp.tracking).uri
+        )
+    except (ConfigError, DataQualityError) as err:
+        raise UserError(str(err)) from None
+    folder = result.manifest_uri.rsplit("/", 1)[0]
+    print(f"distilled set: {folder} ({result.manifest.num_sequences} sequences of {result.manifest.seq_len} tokens)")
+    # The same data and model settings find the same training data and held-out rows.
+    kept = [o for o in args.overrides if not o.startswith("data.distill.")]
+    print(f"  train on it: llmlab run {' '.join([str(args.experiment), *kept])} data.distill.path={folder}")
+    return 0
 
 
 def _bench_dedup(args: argparse.Namespace) -> int:

@@ -15,11 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from llmlab.data.config import DataConfig
 from llmlab.data.objectives.config import ARCHITECTURE, ObjectiveConfig
+from llmlab.finetune.config import PROMPT_METHODS, FinetuneConfig
 from llmlab.model.config import ModelConfig
-from llmlab.parallel.config import ParallelConfig
+from llmlab.parallel.config import MeshDims, ParallelConfig
 from llmlab.parallel.fit import check_batch, check_pipeline, check_tensor_parallel
 from llmlab.tracking.config import TrackingConfig
 from llmlab.train.config import TrainConfig
+from llmlab.train.distill_config import DistillConfig
 from llmlab.tune.config import SweepConfig
 
 
@@ -34,14 +36,6 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class FinetuneConfig(_Section):
-    """Parameter-efficient fine-tuning: no options are available yet."""
-
-
-class DistillConfig(_Section):
-    """Knowledge distillation: no options are available yet."""
 
 
 class ClusterConfig(_Section):
@@ -152,7 +146,44 @@ class ExperimentConfig(_Section):
         except ValueError as err:
             raise ValueError(f"train.batch_size: {err}") from None
         check_batch(self.parallel, dims, self.train.batch_size, self.train.grad_accum)
+        self.distill.check(objective.type, dims, self.model.n_layers)
+        self._check_finetune(dims)
         return self
+
+    def _check_classification(self) -> None:
+        if self.finetune.method in PROMPT_METHODS:
+            raise ValueError(
+                f"finetune.method: {self.finetune.method} prepends prompts to a language model; classification "
+                "fine-tunes with full, lora or adapter"
+            )
+        if self.data.packing != "padded":
+            raise ValueError("data.packing: classification labels one document per row; set data.packing=padded")
+        if len(self.data.domains) < 2 or self.data.mixture is not None:
+            raise ValueError(
+                "data.sources: classification's classes are the data sources (one per class, at least 2, "
+                "without data.mixture)"
+            )
+
+    def _check_finetune(self, dims: MeshDims) -> None:
+        finetune = self.finetune
+        if not finetune.enabled:
+            return
+        if self.objective.type != ["clm"]:
+            raise ValueError(
+                f"objective.type: fine-tuning trains causal LM, not {', '.join(self.objective.type)}; use clm"
+            )
+        if dims.tp > 1 or dims.pp > 1:
+            raise ValueError(
+                "parallel.strategy: fine-tuning runs data-parallel (ddp, zero1, zero2, zero3); tensor and pipeline "
+                "parallelism would split the adapters' layers"
+            )
+        if finetune.task == "classification":
+            self._check_classification()
+        if finetune.method in PROMPT_METHODS and self.data.packing == "documents":
+            raise ValueError(
+                f"data.packing: {finetune.method} prepends its prompt to every row, but documents packs several "
+                "documents per row; use concat or padded"
+            )
 
 
 def _article(word: str) -> str:

@@ -28,8 +28,13 @@ from llmlab.data.pipeline import DocumentSplits, heldout_manifests, load_splits,
 from llmlab.data.shards import Manifest
 from llmlab.data.sources import expand_paths
 from llmlab.data.tokenizer import eos_id, load_tokenizer, pad_id
+from llmlab.finetune.base import adopt_base, export_finetuned
+from llmlab.finetune.config import FinetuneConfig
+from llmlab.finetune.methods import Finetuned
 from llmlab.tracking.runs import log_params, log_report, marks_failure, open_run
 from llmlab.tracking.store import TrackingStore, check_reachable, resolve_store
+from llmlab.train.distill_config import DistillConfig
+from llmlab.train.distillation import resolve_teacher
 from llmlab.train.evaluate import OVERALL
 from llmlab.train.export import export_hf
 from llmlab.train.trainer import StartFrom, WorkerSpec, fit
@@ -153,6 +158,23 @@ def prepare_data(
     return PreparedData(tokenizer, manifest, manifest_uri, heldout_manifests(manifest_uri), built)
 
 
+def adopt_pretrained(
+    exp: ExperimentConfig, tracking_uri: str, storage: str, say: Callable[[str], None] = print
+) -> tuple[ExperimentConfig, Finetuned | None]:
+    """The experiment with what its trained models fix: a distillation teacher's tokenizer, a
+    fine-tuning base's model and tokenizer (and the method applied to the base, weightless, for
+    its parameter counts). Checked before anything starts: a bad reference is a ConfigError."""
+    if exp.distill.teacher is None and exp.distill != DistillConfig():
+        raise ConfigError("distill.teacher", "is required to distil: the model to learn from (runs:/<id>/model)")
+    if exp.distill.teacher is not None:
+        exp = resolve_teacher(exp, tracking_uri, storage, say)
+    if exp.finetune.base is None and exp.finetune != FinetuneConfig():
+        raise ConfigError("finetune.base", "is required to fine-tune: the model to start from (runs:/<id>/model)")
+    if not exp.finetune.enabled:
+        return exp, None
+    return adopt_base(exp, tracking_uri, storage)
+
+
 def run_experiment(
     exp: ExperimentConfig,
     source: Path | None = None,
@@ -173,6 +195,7 @@ def run_experiment(
     storage = resolve_storage(exp.train.storage_path)
     if "://" not in storage:
         Path(storage).mkdir(parents=True, exist_ok=True)
+    exp, finetuned = adopt_pretrained(exp, store.uri, storage, say)
 
     connect_ray(exp.cluster, exp.train)
     quiet_data_progress()
@@ -188,7 +211,7 @@ def run_experiment(
         client.set_tag(run_id, key, value)
     train_run = trial.train_run_name(run_name)
     with marks_failure(client, run_id):
-        _train_and_log(exp, source, store, client, run_id, run_name, storage, use_gpu, say, trial)
+        _train_and_log(exp, source, store, client, run_id, run_name, storage, use_gpu, say, trial, finetuned)
     client.set_terminated(run_id, "FINISHED")
     loss_by_step = {metric.step: metric.value for metric in client.get_metric_history(run_id, "loss")}
     steps = sorted(loss_by_step)
@@ -217,6 +240,7 @@ def _train_and_log(
     use_gpu: bool,
     say: Callable[[str], None],
     trial: TrialLink,
+    finetuned: Finetuned | None = None,
 ) -> None:
     train_run = trial.train_run_name(run_name)
     changed = log_params(client, run_id, flatten(exp))
@@ -237,6 +261,20 @@ def _train_and_log(
         for name, report in data.manifest.reports.items():
             log_data_report(name, report)
     tokenizer, manifest, heldout = data.tokenizer, data.manifest, data.heldout
+    train_manifest_uri = data.manifest_uri
+    if exp.data.distill is not None:  # train on the distilled set; evaluate on the same held-out data
+        from llmlab.data.distill.build import distilled_data
+
+        distilled = distilled_data(
+            exp.data.distill,
+            exp.model,
+            data.manifest_uri,
+            storage,
+            say=lambda line: say(f"[{run_name}] {line}"),
+            tracking_uri=store.uri,
+        )
+        train_manifest_uri, manifest = distilled.manifest_uri, distilled.manifest
+        client.set_tag(run_id, "llmlab.distilled_dir", train_manifest_uri.rsplit("/", 1)[0])
     vocab_size = tokenizer.get_vocab_size()
     # A larger table than the tokenizer's is padding (a friendlier matrix size); smaller cannot work.
     if exp.model.vocab_size is not None and exp.model.vocab_size < vocab_size:
@@ -260,6 +298,18 @@ def _train_and_log(
     )
     if exp.data.heldout_fraction > 0:
         say(f"[{run_name}] {describe_heldout(exp.data, heldout)}")
+    if finetuned is not None:
+        trainable, total = finetuned.parameter_counts()
+        say(f"[{run_name}] fine-tuning {exp.finetune.base} with {finetuned.describe()}")
+        log_params(
+            client,
+            run_id,
+            {
+                "finetune.trainable_params": str(trainable),
+                "finetune.total_params": str(total),
+                "finetune.trainable_percent": f"{100 * trainable / total:.4f}",
+            },
+        )
     say(
         f"[{run_name}] data: {manifest.num_sequences} {_rows_of(exp)}; "
         f"training on {exp.train.num_workers} {'GPU' if use_gpu else 'CPU'} workers"
@@ -267,7 +317,7 @@ def _train_and_log(
 
     spec = WorkerSpec(
         experiment=exp.model_dump(mode="json"),
-        manifest_uri=data.manifest_uri,
+        manifest_uri=train_manifest_uri,
         vocab_size=vocab_size,
         tracking_uri=store.uri,
         run_id=run_id,
@@ -284,5 +334,10 @@ def _train_and_log(
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint; see the worker logs above")
     with result.checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
+        if finetuned is not None and (exp.finetune.method != "full" or exp.finetune.task == "classification"):
+            # Only what the method trained, the adapter (and LoRA merged into the weights, if asked).
+            for name in export_finetuned(exp, store.uri, folder, tokenizer, Path(out)):
+                client.log_artifacts(run_id, str(Path(out) / name), "model" if name == "merged" else name)
+            return
         export_hf(exp.model, vocab_size, folder, tokenizer, Path(out) / "model")
         client.log_artifacts(run_id, str(Path(out) / "model"), "model")

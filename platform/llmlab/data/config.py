@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from llmlab.data.dedup.config import DedupConfig
 from llmlab.data.demo import DOMAINS as DEMO_DOMAINS
+from llmlab.data.distill.config import DatasetDistillConfig
 from llmlab.data.mixture.config import MixtureConfig
 from llmlab.data.objectives.config import ObjectiveConfig
 
@@ -125,11 +126,17 @@ class DataConfig(BaseModel):
         "null: sequences in the corpus's own proportions.",
     )
 
+    distill: DatasetDistillConfig | None = Field(
+        default=None,
+        description="Train on k selected or synthetic sequences instead of the full data (dataset distillation; "
+        "see `llmlab distill-data`); null: the full data.",
+    )
+
     def shard_settings(self) -> dict:
         """The settings that decide the token shards (their cache key): all but how domains are
         mixed, which is a sampling choice, so that runs comparing mixtures share one build, and
-        runs with and without unpadding share one too."""
-        settings = self.model_dump(mode="json", exclude={"mixture"})
+        runs with and without unpadding share one too; and distillation, which is built from them."""
+        settings = self.model_dump(mode="json", exclude={"mixture", "distill"})
         # concat and documents read the same rows (documents masks them at training time).
         settings["packing"] = "padded" if self.packing == "padded" else "concat"
         return settings

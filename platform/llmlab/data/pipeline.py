@@ -36,6 +36,7 @@ from llmlab.data.shards import (
     ShardInfo,
     dtype_for_vocab,
     join,
+    read_text,
     resolve,
 )
 from llmlab.data.tokenizer import eos_id, load_tokenizer, pad_id, train_tokenizer
@@ -127,9 +128,7 @@ def _reusable(
 
 
 def _load_saved_tokenizer(out_dir: str) -> Tokenizer:
-    fs, path = resolve(join(out_dir, TOKENIZER_NAME))
-    with fs.open_input_stream(path) as f:
-        return Tokenizer.from_str(f.read().decode("utf-8"))
+    return Tokenizer.from_str(read_text(join(out_dir, TOKENIZER_NAME)))
 
 
 @dataclass

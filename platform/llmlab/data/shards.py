@@ -36,6 +36,13 @@ def join(base: str, name: str) -> str:
     return posixpath.join(base, name) if "://" in base else os.path.join(base, name)
 
 
+def read_text(uri: str) -> str:
+    """A UTF-8 text file from a local path or a URI."""
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode("utf-8")
+
+
 def dtype_for_vocab(vocab_size: int) -> str:
     """Smallest unsigned dtype that holds every id: half the bytes of int32 for small vocabs."""
     return "uint16" if vocab_size < 2**16 else "uint32"

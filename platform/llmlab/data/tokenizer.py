@@ -71,3 +71,18 @@ def pad_id(tok: Tokenizer) -> int:
     if token_id is None:
         raise ValueError(f"tokenizer has no {PAD_TOKEN} token")
     return token_id
+
+
+def store_tokenizer(tok: Tokenizer, storage: str) -> str:
+    """A local path holding `tok` (under `storage`, or a temporary folder when storage is remote),
+    named by its content: for `data.tokenizer` when a run adopts a trained model's tokenizer."""
+    import hashlib
+    import tempfile
+
+    text = tok.to_str()
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    root = Path(storage) if "://" not in storage else Path(tempfile.gettempdir()) / "llmlab"
+    path = root / "_tokenizers" / digest / "tokenizer.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)

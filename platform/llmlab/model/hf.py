@@ -209,11 +209,18 @@ class LlmlabForCausalLM(LlmlabPreTrainedModel, GenerationMixin):
         """Logits [B, L, V] and, with labels [B, L], the mean next-token loss in float32.
 
         Extra keyword arguments from generate() or PEFT (use_cache, return_dict, ...) are
-        accepted and ignored; a padding mask or a filled KV cache is refused, since the model
-        computes dense causal attention over the whole input and would silently ignore them.
+        accepted and ignored; a padding mask is refused, since the model computes dense causal
+        attention over the whole input and would silently ignore it. A filled cache in
+        `past_key_values` (or `cache`) is read as prefix tuning's learned prefixes: every layer's queries see its
+        keys and values first (the model keeps no cache of its own, so generate() cannot fill one).
         """
-        _refuse_unsupported(attention_mask, kwargs)
-        logits_BLV = self.model(input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds)
+        _refuse_padding(attention_mask)
+        logits_BLV = self.model(
+            input_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            kv_prefixes=kv_prefixes(kwargs.get("past_key_values", kwargs.get("cache")), self.config.n_layers),
+        )
         loss = None if labels is None else causal_lm_loss(logits_BLV, labels)
         return CausalLMOutputWithPast(loss=loss, logits=logits_BLV)
 
@@ -257,21 +264,32 @@ def documents_from_mask(attention_mask_BL: torch.Tensor | None) -> torch.Tensor 
     return documents_from_padding(attention_mask_BL)
 
 
-def _refuse_unsupported(attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> None:
+def kv_prefixes(cache: Any, n_layers: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Each layer's keys and values [B, P, K, D] from a filled `transformers` cache (heads first,
+    [B, K, P, D], as PEFT's prefix tuning builds it), or None for no cache or an empty one."""
+    if cache is None or not cache.get_seq_length():
+        return None
+    if len(cache.layers) != n_layers:
+        raise ValueError(f"past_key_values holds {len(cache.layers)} layers, but the model has {n_layers}")
+    return [(layer.keys.transpose(1, 2), layer.values.transpose(1, 2)) for layer in cache.layers]
+
+
+def refuse_cache(kwargs: dict[str, Any]) -> None:
+    """The encoder and encoder-decoder wrappers keep no cache and read no prefixes: a filled one
+    would be silently ignored, so it is refused."""
+    for key in ("cache", "past_key_values"):
+        cache = kwargs.get(key)
+        if cache is not None and (cache.get_seq_length() if hasattr(cache, "get_seq_length") else bool(cache)):
+            raise ValueError(f"{key} holds cached keys/values, but this model keeps no cache and would ignore them")
+
+
+def _refuse_padding(attention_mask: torch.Tensor | None) -> None:
     # One device sync per call; this wrapper serves PEFT and generate(), not the training loop.
     if attention_mask is not None and not bool(attention_mask.all()):
         raise ValueError(
             "attention_mask has padding zeros, but the model attends densely and causally over "
             "the whole input; pass unpadded (or right-padded, loss-masked) batches without a mask"
         )
-    for key in ("cache", "past_key_values"):
-        cache = kwargs.get(key)
-        filled = cache.get_seq_length() > 0 if hasattr(cache, "get_seq_length") else bool(cache)
-        if filled:
-            raise ValueError(
-                f"{key} holds cached keys/values (e.g. from prefix tuning), but the model has no "
-                "KV cache and would ignore them"
-            )
 
 
 AutoConfig.register(LlmlabConfig.model_type, LlmlabConfig, exist_ok=True)

@@ -20,8 +20,8 @@ from llmlab.model.encoder import EncoderForPreTraining, PreTrainingLogits
 from llmlab.model.hf import (
     LlmlabConfig,
     LlmlabPreTrainedModel,
-    _refuse_unsupported,
     documents_from_mask,
+    refuse_cache,
     token_cross_entropy,
 )
 
@@ -48,7 +48,7 @@ class _LlmlabEncoderModel(LlmlabPreTrainedModel):
     ) -> PreTrainingLogits:
         # A padding mask becomes document ids: real tokens never attend to padding, and their
         # positions count from the first real token (on either side of the padding).
-        _refuse_unsupported(None, kwargs)
+        refuse_cache(kwargs)
         document_ids = documents_from_mask(attention_mask)
         return self.model(input_ids, token_type_ids, document_ids, position_ids, inputs_embeds)
 

@@ -18,8 +18,8 @@ from llmlab.model.hf import (
     IGNORE_INDEX,
     LlmlabConfig,
     LlmlabPreTrainedModel,
-    _refuse_unsupported,
     documents_from_mask,
+    refuse_cache,
     token_cross_entropy,
 )
 from llmlab.model.seq2seq import EncoderDecoder
@@ -99,7 +99,7 @@ class LlmlabForSeq2SeqLM(LlmlabPreTrainedModel, GenerationMixin):
         encoder_outputs (from generate()) skip the encoder. Extra keyword arguments (use_cache,
         return_dict, ...) are accepted and ignored; a filled KV cache is refused.
         """
-        _refuse_unsupported(None, kwargs)
+        refuse_cache(kwargs)
         _refuse_left_padding(decoder_attention_mask)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             if labels is None:

@@ -160,7 +160,10 @@ class Attention(nn.Module):
         rope: Rope = None,
         context: AttentionContext | None = None,
         memory_BSD: torch.Tensor | None = None,
+        prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """prefix_kv: keys and values [B, P, K, D] that every query sees before the sequence's own
+        (prefix tuning's learned prefixes); the queries are then the last L of P + L positions."""
         B, L, _ = x_BLD.shape
         # One cast to the compute dtype feeds all three projections; left to autocast, each
         # projection casts its own copy (and the backward adds their gradients in float32).
@@ -172,6 +175,9 @@ class Attention(nn.Module):
         if rope is not None and memory_BSD is None:
             q_BLHD = apply_rope(q_BLHD, *rope)
             k_BSKD = apply_rope(k_BSKD, *rope)
+        if prefix_kv is not None:
+            k_BSKD = torch.cat([prefix_kv[0].to(k_BSKD.dtype), k_BSKD], dim=1)
+            v_BSKD = torch.cat([prefix_kv[1].to(v_BSKD.dtype), v_BSKD], dim=1)
         o_BLHD = self.inner_attention(q_BLHD, k_BSKD, v_BSKD, context or AttentionContext())
         return self.o_proj(o_BLHD.reshape(B, L, -1))
 
@@ -256,8 +262,15 @@ class Block(nn.Module):
         yield self.mlp_norm, std
         yield from self.mlp.init_plan(std, out_std)
 
-    def forward(self, x_BLD: torch.Tensor, rope: Rope = None, context: AttentionContext | None = None) -> torch.Tensor:
-        x_BLD = residual(x_BLD, self.attn_norm, lambda h: self.attn(h, rope, context), self.dropout, self.pre_norm)
+    def forward(
+        self,
+        x_BLD: torch.Tensor,
+        rope: Rope = None,
+        context: AttentionContext | None = None,
+        prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        attend = lambda h: self.attn(h, rope, context, prefix_kv=prefix_kv)  # noqa: E731
+        x_BLD = residual(x_BLD, self.attn_norm, attend, self.dropout, self.pre_norm)
         return residual(x_BLD, self.mlp_norm, self.mlp, self.dropout, self.pre_norm)
 
 

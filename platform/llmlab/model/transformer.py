@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -70,26 +71,34 @@ class Transformer(Initialisable):
             yield from layer.init_plan(std, out_std)
         yield from with_std(std, self.norm, None if self.config.tie_embeddings else self.lm_head)
 
-    def forward(
+    def forward(self, input_ids: torch.LongTensor | None = None, **inputs: Any) -> torch.Tensor:
+        """Logits [B, L, V] of `hidden(input_ids, **inputs)`."""
+        return self.lm_head(self.hidden(input_ids, **inputs))
+
+    def hidden(
         self,
         input_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
+        kv_prefixes: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        """Logits [B, L, V] for input_ids [B, L] (or inputs_embeds [B, L, D] in their place).
+        """The final (normed) hidden states [B, L, D] for input_ids [B, L] (or inputs_embeds
+        [B, L, D] in their place): what the head reads.
 
         document_ids [B, L] mark packed documents (unpadding): attention stays inside each, and
         positions restart at 0 at each document's start. position_ids [B, L] or [L] otherwise
-        default to 0..L-1; they drive RoPE or the learned table.
+        default to 0..L-1; they drive RoPE or the learned table. kv_prefixes: per layer, keys and
+        values [B, P, K, D] that the layer's queries see first (prefix tuning).
         """
         x_BLD = embed(self, input_ids, inputs_embeds)
         x_BLD, rope = add_positions(self, x_BLD, position_ids, document_ids)
         context = AttentionContext.for_documents(document_ids)
         x_BLD = self.dropout(x_BLD)
-        for layer in self.layers:
-            x_BLD = layer(x_BLD, rope, context)
-        return self.lm_head(self.norm(x_BLD))
+        for index, layer in enumerate(self.layers):
+            prefix_kv = kv_prefixes[index] if kv_prefixes is not None else None
+            x_BLD = layer(x_BLD, rope, context, prefix_kv)
+        return self.norm(x_BLD)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Parameter count, tied weights once. exclude_embeddings drops the vocabulary and

@@ -34,6 +34,7 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 SHARDS_DIR = "dcp"
 TRAINER_FILE = "trainer.pt"
 META_FILE = "meta.json"
+TOKENIZER_FILE = "tokenizer.json"
 # Optimizer state keyed per parameter name ("state.<name>.exp_avg"), not by position in a
 # parameter group, so that any subset of parameters (a pipeline stage) finds its own.
 _FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
@@ -90,17 +91,26 @@ def save_checkpoint(
     step: int,
     rank: int = 0,
     data_state: dict[str, Any] | None = None,
+    model_config: dict[str, Any] | None = None,
+    tokenizer_json: str | None = None,
 ) -> None:
     """Collective: every rank calls it with its part of the model (the layout's `module`).
     `data_state`: where the data stream stands (a mixture's sampler and weights), kept as JSON
-    next to the weights (rank 0's: every rank holds the same)."""
+    next to the weights (rank 0's: every rank holds the same). `model_config` (the model's
+    ModelConfig, vocab_size resolved) and `tokenizer_json` make the checkpoint self-describing, so
+    that it can be started from (`llmlab.model.pretrained`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {"model": get_model_state_dict(model), "optim": _optimizer_state(model, optimizer)}
     dcp.save(state, checkpoint_id=directory / SHARDS_DIR)
     if rank == 0:
         torch.save({"scheduler": scheduler.state_dict(), "step": step}, directory / TRAINER_FILE)
-        (directory / META_FILE).write_text(json.dumps({"step": step, "data": data_state}))
+        meta = {"step": step, "data": data_state}
+        if model_config is not None:
+            meta["model"] = model_config
+        (directory / META_FILE).write_text(json.dumps(meta))
+        if tokenizer_json is not None:
+            (directory / TOKENIZER_FILE).write_text(tokenizer_json)
     torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokenizers import Tokenizer
+from torch import nn
 
 from llmlab.model import ModelConfig, build_model
 from llmlab.train.checkpoint import load_model_weights
@@ -19,13 +20,19 @@ def export_hf(
     out_dir: Path,
 ) -> Path:
     """The weights of a training checkpoint (saved under any parallel layout) as a Hugging Face folder."""
+    model = build_model(model_cfg, vocab_size=vocab_size)
+    load_model_weights(checkpoint_dir, model)
+    return save_model_folder(model, tokenizer, out_dir)
+
+
+def save_model_folder(model: nn.Module, tokenizer: Tokenizer, out_dir: Path) -> Path:
+    """A plain llmlab model (any architecture) and its tokenizer as a Hugging Face folder."""
     from transformers import PreTrainedTokenizerFast
 
     from llmlab.data.tokenizer import EOS_TOKEN, PAD_TOKEN
     from llmlab.model import LlmlabForCausalLM, LlmlabForPreTraining, LlmlabForSeq2SeqLM
 
-    model = build_model(model_cfg, vocab_size=vocab_size)
-    load_model_weights(checkpoint_dir, model)
+    model_cfg = model.config
     if model_cfg.architecture == "encoder":
         wrapper = LlmlabForPreTraining.from_model(model, pad_token_id=tokenizer.token_to_id(PAD_TOKEN))
     elif model_cfg.architecture == "encoder_decoder":

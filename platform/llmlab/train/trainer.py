@@ -19,20 +19,25 @@ from typing import Any
 import ray.train
 import ray.train.torch
 import torch
+from torch import nn
 
 from llmlab import parallel
 from llmlab.config import ExperimentConfig
 from llmlab.data.mixture import DomainExhausted
 from llmlab.data.sampler import GlobalBatchSampler
-from llmlab.data.shards import TokenShards
+from llmlab.data.shards import TokenShards, join, read_text
+from llmlab.finetune.classify import Classification, accuracy, label_heldout, row_classes
+from llmlab.finetune.methods import HeadSpec, apply_finetune
 from llmlab.model import build_model
+from llmlab.model.pretrained import load_pretrained
 from llmlab.tracking.metrics import MetricLogger, system_metrics
 from llmlab.train.batches import rank_batches
-from llmlab.train.checkpoint import load_checkpoint, load_data_state, save_checkpoint
+from llmlab.train.checkpoint import TOKENIZER_FILE, load_checkpoint, load_data_state, save_checkpoint
+from llmlab.train.distillation import Distillation, distil
 from llmlab.train.evaluate import OVERALL, evaluate, load_heldout
 from llmlab.train.loop import StepMetrics, train
 from llmlab.train.mixing import MixedBatches
-from llmlab.train.objectives import build_objective, mean_token_loss
+from llmlab.train.objectives import Objective, build_objective, mean_token_loss
 from llmlab.train.optim import apply_hyperparameters, build_optimizer, build_scheduler, decaying_groups
 from llmlab.train.progress import format_progress
 from llmlab.train.rows import RowFormat
@@ -88,6 +93,21 @@ class WorkerSpec:
     logged_until: int = 0
 
 
+def _trainee(
+    exp: ExperimentConfig, spec: WorkerSpec, objective: Objective, device: torch.device
+) -> tuple[nn.Module, Objective, dict[str, Any] | None]:
+    """The model this run trains (built from `exp.model`, or a fine-tuning base with its method
+    applied), the objective that scores it, and the model's description for checkpoints (None for
+    a fine-tuned model: it is not a plain model that a run could start from)."""
+    if not exp.finetune.enabled:
+        model = build_model(exp.model, vocab_size=spec.vocab_size).to(device)
+        return model, objective, model.config.model_dump(mode="json")
+    classify = exp.finetune.task == "classification"
+    head = HeadSpec(len(exp.data.domains), spec.pad_id) if classify else None
+    finetuned = apply_finetune(load_pretrained(exp.finetune.base, spec.tracking_uri).model, exp.finetune, head)
+    return finetuned.trainable.to(device), Classification(spec.pad_id) if classify else objective, None
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
     spec = WorkerSpec(**loop_config)
     # INFO lines would drown the progress display: MLflow's monitor start/stop, and Ray Train's
@@ -106,7 +126,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     objective = build_objective(exp.objective.type, shards.manifest.layout, row_format)
     # Same seed on every rank: identical initial weights without a broadcast.
     torch.manual_seed(exp.train.seed)
-    model = build_model(exp.model, vocab_size=spec.vocab_size).to(device)
+    model, objective, model_description = _trainee(exp, spec, objective, device)
+    classify = isinstance(objective, Classification)
+    # Checkpoints describe the model and carry the tokenizer, so that a run can start from one.
+    tokenizer_json = read_text(join(spec.manifest_uri.rsplit("/", 1)[0], TOKENIZER_FILE)) if rank == 0 else None
+    if exp.distill.teacher is not None:  # before the layout: the student's projections are laid out with it
+        objective = distil(objective, model, exp.distill, exp.parallel, layout, device, spec.tracking_uri)
     laid_out = parallel.apply(
         model,
         exp.parallel,
@@ -124,7 +149,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     mixture = exp.data.mixture
     if mixture is None:
         sampler = GlobalBatchSampler(len(shards), exp.train.batch_size, exp.train.seed)
-        batches = rank_batches(shards, sampler, dp_rank, dp_size, exp.train.grad_accum)
+        classes = row_classes(shards, exp.data.domains) if classify else None
+        batches = rank_batches(shards, sampler, dp_rank, dp_size, exp.train.grad_accum, classes)
         mixed = None
     else:
         batches = mixed = MixedBatches(
@@ -161,6 +187,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         print(f"[{spec.run_name}] parallel layout: {dims.describe()}", flush=True)
 
     heldout = load_heldout(spec.heldout_manifests, exp.train.eval_sequences, dp_rank, dp_size)
+    if classify:
+        heldout = label_heldout(heldout, exp.data.domains)
     micro_batch = exp.train.batch_size // (dp_size * exp.train.grad_accum)
     # A pipeline evaluates batches of the shape it trains on: one step's rows.
     eval_batch = micro_batch * exp.train.grad_accum if dims.pp > 1 else micro_batch
@@ -172,6 +200,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if metrics.step == spec.fault_at_step and start_step == 0 and rank == world_size - 1:
             os.kill(os.getpid(), signal.SIGKILL)
         values = {} if stopped_early else metrics.as_dict()  # an early stop re-visits a logged step
+        if isinstance(objective, Distillation) and not stopped_early:
+            values.update(objective.metrics())  # kd.ce, kd.kl (collective)
         if mixed is not None and not stopped_early:
             values.update(mixed.metrics(metrics.group_loss))  # the weights this step drew with
             mixed.observe(metrics.step, metrics.group_loss, metrics.group_rows)
@@ -191,6 +221,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                     parallel=laid_out,
                 )
             )
+            if classify:
+                values["eval_accuracy"] = accuracy(laid_out.model, heldout, objective, eval_batch)
         if logger is not None and metrics.step > spec.logged_until:
             logger.log(metrics.step, values)
         is_checkpoint = metrics.step % exp.train.checkpoint_every == 0 or is_last
@@ -213,6 +245,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 step=metrics.step,
                 rank=rank,
                 data_state=mixed.state_dict() if mixed is not None else None,
+                model_config=model_description,
+                tokenizer_json=tokenizer_json,
             )
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
         if spec.report_gate and logger is not None:

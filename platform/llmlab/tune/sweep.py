@@ -29,6 +29,7 @@ from llmlab.data.config import DataConfig, shard_key
 from llmlab.data.objectives import ObjectiveConfig
 from llmlab.experiment import (
     TrialLink,
+    adopt_pretrained,
     check_data_inputs,
     default_run_name,
     prepare_data,
@@ -79,12 +80,14 @@ def run_sweep(
     # Trials run in other working directories (and nodes): they get the resolved store and storage.
     pinned = trial_experiment(exp.to_raw(), {"tracking.uri": store.uri, "train.storage_path": storage})
     exp = pinned.model_copy(update={"sweep": exp.sweep})
+    if "://" not in storage:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    # The trials' data is built here, so it must use the tokenizer that trained models fix.
+    exp, _ = adopt_pretrained(exp, store.uri, storage, say)
     data_settings = _listed_data_settings(exp)
     for data, _ in data_settings:
         check_data_inputs(data)
     name = exp.sweep.name or default_run_name(source)
-    if "://" not in storage:
-        Path(storage).mkdir(parents=True, exist_ok=True)
 
     trial_cpus = exp.train.num_workers * exp.train.cpus_per_worker
     connect_ray(exp.cluster, exp.train, trials=exp.sweep.max_concurrent_trials or 1)
