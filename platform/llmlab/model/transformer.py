@@ -96,8 +96,11 @@ class Transformer(Initialisable):
         context = AttentionContext.for_documents(document_ids)
         x_BLD = self.dropout(x_BLD)
         for index, layer in enumerate(self.layers):
-            prefix_kv = kv_prefixes[index] if kv_prefixes is not None else None
-            x_BLD = layer(x_BLD, rope, context, prefix_kv)
+            if kv_prefixes is None:
+                # Three positional inputs: tensor parallelism's input plan for a block counts them.
+                x_BLD = layer(x_BLD, rope, context)
+            else:
+                x_BLD = layer(x_BLD, rope, context, prefix_kv=kv_prefixes[index])
         return self.norm(x_BLD)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
