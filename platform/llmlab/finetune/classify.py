@@ -47,11 +47,16 @@ def with_labels(rows_BR: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
 
 class Classification(Objective):
     """Cross-entropy of each row's class; rows are padded documents followed by their label. The
-    model reads the first seq_len tokens (the row's last token is a next-token target in clm)."""
+    model reads the first seq_len tokens (the row's last token is a next-token target in clm).
 
-    def __init__(self, pad_id: int) -> None:
+    `class_weights` [C] weigh each row's loss by its class (the mean is then weighted, as torch's
+    cross_entropy weights are): with `balanced_weights`, every class counts as much in the loss
+    however many rows it has, so a head cannot score well by always naming the largest class."""
+
+    def __init__(self, pad_id: int, class_weights: torch.Tensor | None = None) -> None:
         super().__init__()
         self.pad_id = pad_id
+        self.class_weights = class_weights
 
     def split(self, rows_BR: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return rows_BR[:, :-2], rows_BR[:, -1]
@@ -59,7 +64,10 @@ class Classification(Objective):
     def terms(self, model: nn.Module, rows_BR: torch.Tensor) -> LossTerms:
         inputs_BL, labels_B = self.split(rows_BR)
         losses_B = F.cross_entropy(model(inputs_BL).float(), labels_B, reduction="none")
-        return LossTerms(losses_B[:, None], torch.ones_like(losses_B)[:, None])
+        weights_B = (
+            torch.ones_like(losses_B) if self.class_weights is None else self.class_weights.to(losses_B)[labels_B]
+        )
+        return LossTerms((weights_B * losses_B)[:, None], weights_B[:, None])
 
     def scored_tokens(self, rows_BR: torch.Tensor) -> int:
         return int((self.split(rows_BR)[0] != self.pad_id).sum())
@@ -91,6 +99,12 @@ def row_classes(shards: TokenShards, domains: list[str]) -> np.ndarray:
     for index, rows in enumerate(shards.domain_rows(domains)):
         classes[rows] = index
     return classes
+
+
+def balanced_weights(classes: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Per-class weights N / (C · n_c) of rows labelled `classes` (sklearn's "balanced")."""
+    counts = np.bincount(classes[classes >= 0], minlength=num_classes)
+    return torch.tensor(counts.sum() / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
 
 
 def label_heldout(rows_by_domain: dict[str, torch.Tensor], domains: list[str]) -> dict[str, torch.Tensor]:

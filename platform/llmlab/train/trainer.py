@@ -26,7 +26,7 @@ from llmlab.config import ExperimentConfig
 from llmlab.data.mixture import DomainExhausted
 from llmlab.data.sampler import GlobalBatchSampler
 from llmlab.data.shards import TokenShards, join, read_text
-from llmlab.finetune.classify import Classification, accuracy, label_heldout, row_classes
+from llmlab.finetune.classify import Classification, accuracy, balanced_weights, label_heldout, row_classes
 from llmlab.finetune.methods import HeadSpec, apply_finetune
 from llmlab.model import build_model
 from llmlab.model.pretrained import load_pretrained
@@ -94,18 +94,23 @@ class WorkerSpec:
 
 
 def _trainee(
-    exp: ExperimentConfig, spec: WorkerSpec, objective: Objective, device: torch.device
+    exp: ExperimentConfig, spec: WorkerSpec, shards: TokenShards, objective: Objective, device: torch.device
 ) -> tuple[nn.Module, Objective, dict[str, Any] | None]:
     """The model this run trains (built from `exp.model`, or a fine-tuning base with its method
     applied), the objective that scores it, and the model's description for checkpoints (None for
-    a fine-tuned model: it is not a plain model that a run could start from)."""
+    a fine-tuned model: it is not a plain model that a run could start from). A classifier's
+    classes are weighted to count alike (`balanced_weights`)."""
     if not exp.finetune.enabled:
         model = build_model(exp.model, vocab_size=spec.vocab_size).to(device)
         return model, objective, model.config.model_dump(mode="json")
-    classify = exp.finetune.task == "classification"
-    head = HeadSpec(len(exp.data.domains), spec.pad_id) if classify else None
+    if exp.finetune.task != "classification":
+        finetuned = apply_finetune(load_pretrained(exp.finetune.base, spec.tracking_uri).model, exp.finetune)
+        return finetuned.trainable.to(device), objective, None
+    domains = exp.data.domains
+    head = HeadSpec(len(domains), spec.pad_id)
     finetuned = apply_finetune(load_pretrained(exp.finetune.base, spec.tracking_uri).model, exp.finetune, head)
-    return finetuned.trainable.to(device), Classification(spec.pad_id) if classify else objective, None
+    weights = balanced_weights(row_classes(shards, domains), len(domains))
+    return finetuned.trainable.to(device), Classification(spec.pad_id, weights), None
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -126,7 +131,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     objective = build_objective(exp.objective.type, shards.manifest.layout, row_format)
     # Same seed on every rank: identical initial weights without a broadcast.
     torch.manual_seed(exp.train.seed)
-    model, objective, model_description = _trainee(exp, spec, objective, device)
+    model, objective, model_description = _trainee(exp, spec, shards, objective, device)
     classify = isinstance(objective, Classification)
     # Checkpoints describe the model and carry the tokenizer, so that a run can start from one.
     tokenizer_json = read_text(join(spec.manifest_uri.rsplit("/", 1)[0], TOKENIZER_FILE)) if rank == 0 else None
