@@ -97,21 +97,23 @@ def _checkpoint_config(folder: Path, ref: str) -> ModelConfig:
     return ModelConfig.model_validate(meta["model"])
 
 
-def _hf_config(folder: Path, ref: str) -> tuple[str, dict]:
-    raw = json.loads((folder / CONFIG_FILE).read_text())
-    model_type = raw.get("model_type")
-    if model_type not in ("llmlab", "llama"):
-        raise PretrainedError(f"{ref}: model_type {model_type!r} is neither llmlab nor llama; llmlab loads only those")
-    return model_type, raw
-
-
-def _describe(folder: Path, ref: str) -> ModelConfig:
+def _kind(folder: Path, ref: str) -> str:
+    """What the folder holds: "checkpoint" (an llmlab Train checkpoint), "llmlab" or "llama"."""
     if (folder / CHECKPOINT_META).is_file() and (folder / "dcp").is_dir():
-        return _checkpoint_config(folder, ref)
+        return "checkpoint"
     if not (folder / CONFIG_FILE).is_file():
         raise PretrainedError(f"{ref}: holds neither a model (config.json) nor an llmlab checkpoint (meta.json, dcp/)")
-    model_type, raw = _hf_config(folder, ref)
-    if model_type == "llmlab":
+    model_type = json.loads((folder / CONFIG_FILE).read_text()).get("model_type")
+    if model_type not in ("llmlab", "llama"):
+        raise PretrainedError(f"{ref}: model_type {model_type!r} is neither llmlab nor llama; llmlab loads only those")
+    return model_type
+
+
+def _describe(folder: Path, ref: str, kind: str) -> ModelConfig:
+    if kind == "checkpoint":
+        return _checkpoint_config(folder, ref)
+    raw = json.loads((folder / CONFIG_FILE).read_text())
+    if kind == "llmlab":
         from llmlab.model.hf import LlmlabConfig
 
         config = LlmlabConfig.from_dict(raw).to_model_config()
@@ -130,20 +132,21 @@ def pretrained_config(ref: str, tracking_uri: str | None = None) -> tuple[ModelC
     """The model config and tokenizer a reference holds, without loading its weights (a download of
     an MLflow model fetches the folder, weights included)."""
     with _local_folder(ref, tracking_uri) as folder:
-        return _describe(folder, ref), _tokenizer_in(folder)
+        return _describe(folder, ref, _kind(folder, ref)), _tokenizer_in(folder)
 
 
 def load_pretrained(ref: str, tracking_uri: str | None = None) -> Pretrained:
     """The decoder a reference holds, with its weights, on CPU in fp32."""
     with _local_folder(ref, tracking_uri) as folder:
-        config = _describe(folder, ref)
+        kind = _kind(folder, ref)
+        config = _describe(folder, ref, kind)
         tokenizer = _tokenizer_in(folder)
-        if (folder / CHECKPOINT_META).is_file() and (folder / "dcp").is_dir():
+        if kind == "checkpoint":
             from llmlab.train.checkpoint import load_model_weights
 
             model = Transformer(config)
             load_model_weights(folder, model)
-        elif _hf_config(folder, ref)[0] == "llmlab":
+        elif kind == "llmlab":
             from llmlab.model.hf import LlmlabForCausalLM
 
             model = LlmlabForCausalLM.from_pretrained(folder, dtype="float32").model

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -94,22 +95,22 @@ class WorkerSpec:
 
 
 def _trainee(
-    exp: ExperimentConfig, spec: WorkerSpec, shards: TokenShards, objective: Objective, device: torch.device
+    exp: ExperimentConfig, spec: WorkerSpec, classes: np.ndarray | None, objective: Objective, device: torch.device
 ) -> tuple[nn.Module, Objective, dict[str, Any] | None]:
     """The model this run trains (built from `exp.model`, or a fine-tuning base with its method
     applied), the objective that scores it, and the model's description for checkpoints (None for
-    a fine-tuned model: it is not a plain model that a run could start from). A classifier's
-    classes are weighted to count alike (`balanced_weights`)."""
+    a fine-tuned model: it is not a plain model that a run could start from). `classes`, each
+    training row's class, make a classifier, its classes weighted to count alike."""
     if not exp.finetune.enabled:
         model = build_model(exp.model, vocab_size=spec.vocab_size).to(device)
         return model, objective, model.config.model_dump(mode="json")
-    if exp.finetune.task != "classification":
+    if classes is None:
         finetuned = apply_finetune(load_pretrained(exp.finetune.base, spec.tracking_uri).model, exp.finetune)
         return finetuned.trainable.to(device), objective, None
     domains = exp.data.domains
     head = HeadSpec(len(domains), spec.pad_id)
     finetuned = apply_finetune(load_pretrained(exp.finetune.base, spec.tracking_uri).model, exp.finetune, head)
-    weights = balanced_weights(row_classes(shards, domains), len(domains))
+    weights = balanced_weights(classes, len(domains))
     return finetuned.trainable.to(device), Classification(spec.pad_id, weights), None
 
 
@@ -131,8 +132,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     objective = build_objective(exp.objective.type, shards.manifest.layout, row_format)
     # Same seed on every rank: identical initial weights without a broadcast.
     torch.manual_seed(exp.train.seed)
-    model, objective, model_description = _trainee(exp, spec, shards, objective, device)
-    classify = isinstance(objective, Classification)
+    classify = exp.finetune.enabled and exp.finetune.task == "classification"
+    classes = row_classes(shards, exp.data.domains) if classify else None  # each training row's class
+    model, objective, model_description = _trainee(exp, spec, classes, objective, device)
     # Checkpoints describe the model and carry the tokenizer, so that a run can start from one.
     tokenizer_json = read_text(join(spec.manifest_uri.rsplit("/", 1)[0], TOKENIZER_FILE)) if rank == 0 else None
     if exp.distill.teacher is not None:  # before the layout: the student's projections are laid out with it
@@ -154,7 +156,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     mixture = exp.data.mixture
     if mixture is None:
         sampler = GlobalBatchSampler(len(shards), exp.train.batch_size, exp.train.seed)
-        classes = row_classes(shards, exp.data.domains) if classify else None
         batches = rank_batches(shards, sampler, dp_rank, dp_size, exp.train.grad_accum, classes)
         mixed = None
     else:
