@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -46,6 +47,37 @@ def cli_env(ray_session) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store with every schema migration applied, made once. Creating a store
+    runs MLflow's migrations (about 4 s here), so each CLI test's store starts as a copy of this one."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One token-shard cache for every CLI test: building the demo corpus's shards (validation,
+    decontamination, tokenizing on Ray Data) takes about half a tiny run, and runs with the same data
+    settings share a build anyway (`llmlab.experiment.prepare_data` checks a reused one)."""
+    return tmp_path_factory.mktemp("tokenized")
+
+
+@pytest.fixture(autouse=True)
+def _cli_folder(request: pytest.FixtureRequest) -> None:
+    """A test that runs the CLI (it asks for `cli_env`) in its `tmp_path` finds there ./mlflow.db,
+    migrated (MLflow opens it as one it had just created), and results/_tokenized, the session's
+    shard cache (the default train.storage_path's)."""
+    if {"cli_env", "tmp_path"} <= set(request.fixturenames):
+        folder: Path = request.getfixturevalue("tmp_path")
+        shutil.copy(request.getfixturevalue("migrated_store"), folder / "mlflow.db")
+        (folder / "results").mkdir(exist_ok=True)
+        (folder / "results" / "_tokenized").symlink_to(request.getfixturevalue("shared_shards"))
+
+
 @dataclass(frozen=True)
 class QuickstartRun:
     folder: Path  # where it ran: its mlflow.db and results/
@@ -58,10 +90,13 @@ class QuickstartRun:
 
 
 @pytest.fixture(scope="session")
-def quickstart_run(cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> QuickstartRun:
+def quickstart_run(
+    cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, migrated_store: Path
+) -> QuickstartRun:
     """`llmlab run experiments/quickstart.yaml` once per session (MLflow run name qs): checked by
     test_quickstart, and the trained base that fine-tuning and distillation tests start from."""
     folder = tmp_path_factory.mktemp("quickstart")
+    shutil.copy(migrated_store, folder / "mlflow.db")
     experiment = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
     started = time.monotonic()
     result = subprocess.run(

@@ -1,6 +1,7 @@
 """Dataset distillation (`data.distill`, `llmlab distill-data`) against references: brute-force
 per-sequence losses, a hand-computed EL2N, the shards read back, the matching objectives falling,
-and the CLI's one-line errors. Tiny models (d_model 32, one layer) on random tokens; no Ray."""
+soft labels against the dense cross-entropy and the reference model's own distribution, and the
+CLI's one-line errors. Tiny models (d_model 32, one layer) on random tokens; no Ray."""
 
 from __future__ import annotations
 
@@ -18,7 +19,16 @@ from llmlab.data.config import DataConfig
 from llmlab.data.distill.build import build, distilled_data
 from llmlab.data.distill.config import DatasetDistillConfig
 from llmlab.data.distill.output import load_synthetic, write_rows
-from llmlab.data.distill.scores import el2n_scores, keep_ranked, random_selection, sequence_losses
+from llmlab.data.distill.scores import el2n_scores, keep_ranked, random_selection, sequence_losses, train_briefly
+from llmlab.data.distill.soft_labels import (
+    PROB_SCALE,
+    decode_rows,
+    encode_rows,
+    reference_logits,
+    soft_cross_entropy,
+    soft_layout,
+    top_k_targets,
+)
 from llmlab.data.distill.synthetic import (
     initial_set,
     learn_synthetic,
@@ -28,6 +38,8 @@ from llmlab.data.distill.synthetic import (
 )
 from llmlab.data.shards import Manifest, ShardInfo, TokenShards
 from llmlab.model import ModelConfig, build_model
+from llmlab.train.objectives import Clm, SoftClm, build_objective
+from llmlab.train.rows import CONCAT
 
 VOCAB = 300
 SEQ_LEN = 32
@@ -275,3 +287,106 @@ def test_distillation_imports_no_ray():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_soft_cross_entropy_is_dense_cross_entropy_against_the_distribution():
+    torch.manual_seed(3)
+    logits = torch.randn(2, 5, VOCAB)
+    teacher = torch.randn(2, 5, VOCAB) * 3
+    ids, probs, kept = top_k_targets(teacher, VOCAB)  # every token kept: the whole distribution
+    assert torch.allclose(kept, torch.ones(2, 5))
+    dense = -(teacher.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+    torch.testing.assert_close(soft_cross_entropy(logits, ids, probs), dense, rtol=0, atol=1e-5)
+    targets = torch.randint(0, VOCAB, (2, 5))  # one-hot: the hard cross-entropy
+    one_hot = soft_cross_entropy(logits, targets[..., None], torch.ones(2, 5, 1))
+    expected = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    torch.testing.assert_close(one_hot, expected, rtol=0, atol=1e-5)
+
+
+def test_soft_rows_read_back_their_tokens_ids_and_probabilities():
+    torch.manual_seed(4)
+    tokens = _rows(3)
+    ids, probs, kept = top_k_targets(torch.randn(3, SEQ_LEN, VOCAB), 8, temperature=2.0)
+    assert (kept < 1).all() and torch.allclose(probs.sum(-1), torch.ones(3, SEQ_LEN))
+    rows = encode_rows(tokens, ids, probs)
+    assert rows.shape[1] == sum(width for _, width in soft_layout(SEQ_LEN, 8).values())
+    got_tokens, got_ids, got_probs = decode_rows(rows, SEQ_LEN)
+    assert torch.equal(got_tokens, tokens) and torch.equal(got_ids, ids)
+    torch.testing.assert_close(got_probs, probs, rtol=0, atol=2 / PROB_SCALE)
+
+
+def test_build_soft_labels_hold_the_reference_models_top_k(tmp_path):
+    """labels: soft stores, for each kept row, the top-k of the briefly trained reference's
+    next-token distribution at every position: the same model trained here by hand gives them."""
+    rows = _rows(48)
+    source_uri = _source(tmp_path, rows)
+    cfg = DatasetDistillConfig(
+        method="random", k=6, seed=2, reference_steps=3, batch_size=8, labels="soft", label_top_k=5
+    )
+    _, report = build(cfg, TINY, source_uri, str(tmp_path / "out"), say=lambda line: None)
+    shards = TokenShards(str(tmp_path / "out"))
+    assert shards.manifest.layout == soft_layout(SEQ_LEN, 5)
+    got_tokens, got_ids, got_probs = decode_rows(torch.from_numpy(shards.get(np.arange(6))), SEQ_LEN)
+    chosen = rows[random_selection(48, 6, seed=2)]
+    reference = train_briefly(TINY, VOCAB, rows, steps=3, batch_size=8, lr=cfg.lr, seed=2)
+    ids, probs, kept = top_k_targets(reference_logits(reference, chosen), 5)
+    assert torch.equal(got_tokens, chosen) and torch.equal(got_ids, ids)
+    torch.testing.assert_close(got_probs, probs, rtol=0, atol=2 / PROB_SCALE)
+    assert report["label_mass_kept"] == pytest.approx(float(kept.mean()), abs=1e-4)
+    # The trainer picks the soft objective from the manifest's layout; held-out rows (tokens only)
+    # are scored as plain clm, so eval_loss compares with a run on hard labels.
+    objective = build_objective(["clm"], shards.manifest.layout, CONCAT)
+    assert isinstance(objective, SoftClm)
+    model = build_model(TINY, vocab_size=VOCAB)
+    plain, soft = Clm().terms(model, chosen), objective.terms(model, chosen)
+    assert torch.equal(plain.sums_BK, soft.sums_BK) and torch.equal(plain.counts_BK, soft.counts_BK)
+    with torch.no_grad():
+        dense = soft_cross_entropy(model(chosen[:, :-1]), ids, probs).mean()
+    encoded = objective.terms(model, encode_rows(chosen, ids, probs))
+    torch.testing.assert_close(encoded.loss().detach(), dense, rtol=0, atol=1e-4)
+
+
+def test_gradient_matching_learns_soft_labels():
+    torch.manual_seed(0)
+    rows = _rows(64)
+    table = torch.randn(VOCAB, 32) * 0.02
+    start = initial_set(rows, table, 4, seed=0)
+    label_logits = torch.randn(4, SEQ_LEN, VOCAB)
+    options = {"networks": 3, "real_batch": 16, "seed": 0}
+    args = (start.labels_KL, rows, table, TINY, VOCAB)
+    before = matching_objective("gradient", start.inputs_embeds_KLD, *args, label_logits_KLV=label_logits, **options)
+    synthetic = learn_synthetic(
+        "gradient",
+        rows,
+        table,
+        TINY,
+        VOCAB,
+        k=4,
+        steps=6,
+        lr=2e-3,
+        real_batch=16,
+        seed=0,
+        label_logits_KLV=label_logits,
+    )
+    learned = synthetic.label_logits_KLV
+    after = matching_objective("gradient", synthetic.inputs_embeds_KLD, *args, label_logits_KLV=learned, **options)
+    assert after < before and not torch.allclose(learned, label_logits)
+
+
+@pytest.mark.parametrize(
+    ("distill", "data", "says"),
+    [
+        ({"labels": "soft"}, {"packing": "documents"}, "set data.packing=concat"),
+        ({"label_top_k": 8}, {}, "apply to labels: soft"),
+        ({"method": "random", "reference": "runs:/x/model"}, {}, "or set labels: soft"),
+    ],
+)
+def test_soft_label_settings_are_validated(distill, data, says):
+    with pytest.raises(ConfigError, match=r"data\.distill") as error:
+        validate_experiment({"data": {"distill": distill, **data}})
+    assert says in str(error.value)
+    validate_experiment({"data": {"distill": {"method": "random", "reference": "runs:/x/model", "labels": "soft"}}})
+    # Workers validate the driver's dump again, which names every option: hard labels pass too.
+    for labels in ("hard", "soft"):
+        exp = validate_experiment({"data": {"distill": {"method": "random", "labels": labels}}})
+        assert validate_experiment(exp.model_dump(mode="json")).data.distill == exp.data.distill

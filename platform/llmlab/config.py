@@ -148,7 +148,22 @@ class ExperimentConfig(_Section):
         check_batch(self.parallel, dims, self.train.batch_size, self.train.grad_accum)
         self.distill.check(objective.type, dims, self.model.n_layers)
         self._check_finetune(dims)
+        self._check_soft_labels(dims)
         return self
+
+    def _check_soft_labels(self, dims: MeshDims) -> None:
+        """A distilled set with soft labels trains clm rows packed end to end (its labels are
+        per position of a plain causal row), scored in one place (no tensor or pipeline split)."""
+        distill = self.data.distill
+        if distill is None or distill.labels != "soft":
+            return
+        where = "data.distill.labels: soft labels"
+        if self.data.packing != "concat":
+            raise ValueError(f"{where} concat-packed rows; set data.packing=concat (got {self.data.packing})")
+        if dims.tp > 1 or dims.pp > 1:
+            raise ValueError(f"{where} train with data parallelism or FSDP; set parallel.tp and parallel.pp to 1")
+        if self.distill.teacher is not None:
+            raise ValueError(f"{where} already are a teacher's outputs; remove distill.teacher or set labels: hard")
 
     def _check_classification(self) -> None:
         if self.finetune.method in PROMPT_METHODS:

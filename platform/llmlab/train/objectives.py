@@ -4,6 +4,8 @@ The rows come from the shards (`data.objectives.rows` says their layouts); the c
 there. Here a row is only split into its fields and handed to the model:
 
 * clm: `RowFormat` (inputs rows[:, :-1], targets rows[:, 1:]); next-token cross-entropy.
+* clm with soft labels (a distilled set's rows): cross-entropy against each position's stored
+  next-token distribution (`llmlab.data.distill.soft_labels`).
 * mlm: the encoder's masked-LM logits, cross-entropy on the selected positions only.
 * nsp (+ mlm): BERT's joint loss, the mean masked-LM loss plus the mean next-sentence loss.
 * denoising: teacher forcing, decoder inputs = [EOS] + target[:-1]; cross-entropy on the target.
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from llmlab.data.distill.soft_labels import decode_rows, soft_cross_entropy
 from llmlab.model.encoder import documents_from_padding
 from llmlab.model.masks import documents_from_separators
 from llmlab.train.rows import CONCAT, IGNORE_INDEX, RowFormat
@@ -107,6 +110,28 @@ class Clm(Objective):
         return int((self.row_format.split(rows_BR).targets_BL != IGNORE_INDEX).sum())
 
 
+class SoftClm(Clm):
+    """Next-token prediction against soft labels: each position's target is the distribution its
+    row stores (a distilled set's, `soft_labels.encode_rows`). Rows of plain tokens (the held-out
+    data) are scored as `Clm` does, so `eval_loss` compares with a run on hard labels."""
+
+    def __init__(self, layout: Mapping[str, tuple[int, int]]) -> None:
+        super().__init__(CONCAT)
+        self.layout = dict(layout)
+        self.seq_len = self.layout["tokens"][1] - 1
+
+    def terms(self, model: nn.Module, rows_BR: torch.Tensor) -> LossTerms:
+        if rows_BR.shape[1] == self.seq_len + 1:
+            return super().terms(model, rows_BR)
+        tokens_BR, ids_BLT, probs_BLT = decode_rows(rows_BR, self.seq_len)
+        losses_BL = soft_cross_entropy(model(tokens_BR[:, :-1]), ids_BLT, probs_BLT)
+        counts_B = torch.full((rows_BR.shape[0], 1), float(self.seq_len), device=rows_BR.device)
+        return LossTerms(losses_BL.sum(1, keepdim=True), counts_B)
+
+    def scored_tokens(self, rows_BR: torch.Tensor) -> int:
+        return rows_BR.shape[0] * self.seq_len
+
+
 class MaskedLm(Objective):
     """BERT's masked LM (and, with a next_sentence_label field, its joint loss with NSP)."""
 
@@ -182,7 +207,7 @@ def build_objective(
     """The Objective of shards with this `layout` (the manifest's), for objective.type."""
     layout = {name: (int(place[0]), int(place[1])) for name, place in layout.items()}
     if objective_types == ["clm"]:
-        return Clm(row_format)
+        return SoftClm(layout) if "soft_probs" in layout else Clm(row_format)
     eos, pad = row_format.separator_id, row_format.pad_id
     if min(eos, pad) < 0:
         raise ValueError(f"objective {'+'.join(objective_types)} needs the tokenizer's EOS and PAD ids")

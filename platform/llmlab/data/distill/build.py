@@ -27,6 +27,7 @@ from llmlab.data.distill.scores import (
     sequence_losses,
     train_briefly,
 )
+from llmlab.data.distill.soft_labels import encode_rows, reference_logits, soft_layout, top_k_targets
 from llmlab.data.distill.synthetic import initial_set, learn_synthetic, matching_objective, token_rows
 from llmlab.data.shards import MANIFEST_NAME, Manifest, TokenShards, join, resolve
 from llmlab.model import ModelConfig
@@ -119,7 +120,8 @@ def _reference(
     tracking_uri: str | None,
     source_sha256: str,
 ):
-    """The model that scores `loss`: the pretrained reference, or the experiment's model trained briefly."""
+    """The model that scores `loss` and gives soft labels: the pretrained reference, or the
+    experiment's model trained briefly on the pool."""
     if cfg.reference is None:
         say(f"training a reference model for {cfg.reference_steps} steps on {rows.shape[0]} sequences")
         return train_briefly(
@@ -171,17 +173,22 @@ def build(
     rows = torch.from_numpy(shards.get(pool))
     vocab_size = max(source.vocab_size, model_cfg.vocab_size or 0)
     torch.manual_seed(cfg.seed)
-    report: dict[str, Any] = {"method": cfg.method, "k": cfg.k, "pool": pool_size}
+    report: dict[str, Any] = {"method": cfg.method, "k": cfg.k, "pool": pool_size, "labels": cfg.labels}
     say(f"distilling {pool_size} of {n} training sequences to {cfg.k} by {cfg.method}")
+    references: list[torch.nn.Module] = []
+
+    def reference() -> torch.nn.Module:  # built on first use, once
+        if not references:
+            references.append(
+                _reference(cfg, model_cfg, source.vocab_size, rows, say, tracking_uri, source.tokenizer_sha256)
+            )
+        return references[0]
+
     if cfg.method == "random":
         chosen = pool[random_selection(pool_size, cfg.k, cfg.seed)]
     elif cfg.method in ("loss", "el2n"):
         if cfg.method == "loss":
-            scores = sequence_losses(
-                _reference(cfg, model_cfg, source.vocab_size, rows, say, tracking_uri, source.tokenizer_sha256),
-                rows,
-                cfg.batch_size,
-            )
+            scores = sequence_losses(reference(), rows, cfg.batch_size)
         else:
             say(f"EL2N of {cfg.el2n_seeds} models after {cfg.el2n_steps} steps each")
             scores = el2n_selection_scores(
@@ -202,9 +209,11 @@ def build(
             score_kept_mean=round(float(scores[torch.from_numpy(kept)].mean()), 4),
         )
     if not cfg.synthetic:
-        manifest = write_rows(out_dir, shards.get(chosen), _domain_of(source, chosen), source, {})
+        chosen_rows = torch.from_numpy(shards.get(chosen))
+        labelled = _with_soft_labels(cfg, reference, chosen_rows, None, source.vocab_size, report)
+        manifest = _write(out_dir, labelled, _domain_of(source, chosen), source, cfg)
     else:
-        manifest = _synthesise(cfg, model_cfg, vocab_size, source, pool, rows, out_dir, report, say)
+        manifest = _synthesise(cfg, model_cfg, vocab_size, source, pool, rows, out_dir, report, say, reference)
     report["seconds"] = round(time.perf_counter() - started, 1)
     manifest.config["distill"] = {"settings": cfg.model_dump(mode="json", exclude={"path"}), "report": report}
     manifest.config["source"] = source_uri
@@ -226,25 +235,27 @@ def _synthesise(
     out_dir: str,
     report: dict[str, Any],
     say: Callable[[str], None],
+    reference: Callable[[], torch.nn.Module],
 ) -> Manifest:
-    say(f"training the embedding table's model for {cfg.reference_steps} steps")
-    reference = train_briefly(
-        model_cfg, vocab_size, rows, steps=cfg.reference_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed
-    )
-    table_VD = reference.embed_tokens.weight.detach().clone()
+    if cfg.reference is None:  # the briefly trained reference: its table, and its labels when soft
+        table_model = reference()
+    else:
+        say(f"training the embedding table's model for {cfg.reference_steps} steps")
+        table_model = train_briefly(
+            model_cfg, vocab_size, rows, steps=cfg.reference_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed
+        )
+    table_VD = table_model.embed_tokens.weight.detach().clone()
     say(f"{cfg.method} matching: {cfg.steps} iterations on {cfg.k} synthetic sequences")
     options = {"real_batch": cfg.real_batch, "seed": cfg.seed}
     start = initial_set(rows, table_VD, cfg.k, cfg.seed)
+    init_rows = rows[torch.from_numpy(start.init_indices)]
+    # Soft labels to learn (gradient): the reference's distributions on the initial sequences.
+    label_logits = None
+    if cfg.labels == "soft" and cfg.method == "gradient":
+        label_logits = reference_logits(reference(), init_rows, cfg.batch_size) / cfg.label_temperature
+    objective = {"networks": 4, "label_logits_KLV": label_logits, **options}
     before = matching_objective(
-        cfg.method,
-        start.inputs_embeds_KLD,
-        start.labels_KL,
-        rows,
-        table_VD,
-        model_cfg,
-        vocab_size,
-        networks=4,
-        **options,
+        cfg.method, start.inputs_embeds_KLD, start.labels_KL, rows, table_VD, model_cfg, vocab_size, **objective
     )
     synthetic = learn_synthetic(
         cfg.method,
@@ -257,38 +268,63 @@ def _synthesise(
         lr=cfg.synthetic_lr * float(table_VD.pow(2).mean().sqrt()),
         inner_steps=cfg.inner_steps,
         inner_lr=cfg.inner_lr,
+        label_logits_KLV=label_logits,
+        label_lr=cfg.label_lr,
         **options,
     )
+    objective["label_logits_KLV"] = synthetic.label_logits_KLV
     after = matching_objective(
-        cfg.method,
-        synthetic.inputs_embeds_KLD,
-        synthetic.labels_KL,
-        rows,
-        table_VD,
-        model_cfg,
-        vocab_size,
-        networks=4,
-        **options,
+        cfg.method, synthetic.inputs_embeds_KLD, synthetic.labels_KL, rows, table_VD, model_cfg, vocab_size, **objective
     )
     # Nearest tokens among the tokenizer's ids only: a padded table's extra rows are never inputs.
     token_rows_KR = token_rows(synthetic, table_VD[: source.vocab_size])
     consistent = (token_rows_KR[:, 1:-1] == synthetic.labels_KL[:, :-1]).float().mean()
-    unchanged = (token_rows_KR[:, :-1] == rows[torch.from_numpy(synthetic.init_indices)][:, :-1]).float().mean()
+    unchanged = (token_rows_KR[:, :-1] == init_rows[:, :-1]).float().mean()
     report.update(
         objective_before=round(before, 4),
         objective_after=round(after, 4),
         tokens_unchanged=round(float(unchanged), 4),
         tokens_match_labels=round(float(consistent), 4),
     )
-    save_synthetic(
-        out_dir,
-        {
-            "inputs_embeds": synthetic.inputs_embeds_KLD,
-            "labels": synthetic.labels_KL,
-            "embedding": table_VD,
-            "init_indices": torch.from_numpy(pool[synthetic.init_indices]),
-            "history": torch.tensor(synthetic.history),
-        },
-    )
+    tensors = {
+        "inputs_embeds": synthetic.inputs_embeds_KLD,
+        "labels": synthetic.labels_KL,
+        "embedding": table_VD,
+        "init_indices": torch.from_numpy(pool[synthetic.init_indices]),
+        "history": torch.tensor(synthetic.history),
+    }
+    if synthetic.label_logits_KLV is not None:
+        tensors["label_logits"] = synthetic.label_logits_KLV
+    save_synthetic(out_dir, tensors)
     init_global = pool[synthetic.init_indices]
-    return write_rows(out_dir, token_rows_KR.numpy(), _domain_of(source, init_global), source, {})
+    labelled = _with_soft_labels(cfg, reference, token_rows_KR, synthetic.label_logits_KLV, source.vocab_size, report)
+    return _write(out_dir, labelled, _domain_of(source, init_global), source, cfg)
+
+
+def _with_soft_labels(
+    cfg: DatasetDistillConfig,
+    reference: Callable[[], torch.nn.Module],
+    rows_KR: torch.Tensor,
+    label_logits_KLV: torch.Tensor | None,
+    vocab_size: int,
+    report: dict[str, Any],
+) -> torch.Tensor:
+    """The rows, with their soft labels appended when `cfg.labels` is soft: the learned ones
+    (`label_logits_KLV`, already at the label temperature), else the reference's on these rows.
+    Only the tokenizer's `vocab_size` ids are labels (a padded table's extra rows never are)."""
+    if cfg.labels == "hard":
+        return rows_KR
+    if label_logits_KLV is None:
+        logits, temperature = reference_logits(reference(), rows_KR, cfg.batch_size), cfg.label_temperature
+    else:
+        logits, temperature = label_logits_KLV, 1.0
+    ids_KLT, probs_KLT, kept_KL = top_k_targets(logits[..., :vocab_size], cfg.label_top_k, temperature)
+    report["label_mass_kept"] = round(float(kept_KL.mean()), 4)
+    return encode_rows(rows_KR, ids_KLT, probs_KLT)
+
+
+def _write(
+    out_dir: str, rows_KR: torch.Tensor, domains: list[str], source: Manifest, cfg: DatasetDistillConfig
+) -> Manifest:
+    layout = soft_layout(source.seq_len, min(cfg.label_top_k, source.vocab_size)) if cfg.labels == "soft" else None
+    return write_rows(out_dir, rows_KR.numpy(), domains, source, {}, layout)

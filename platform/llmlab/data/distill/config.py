@@ -51,13 +51,13 @@ class DatasetDistillConfig(BaseModel):
     )
     reference: str | None = Field(
         None,
-        description="Reference model for `loss`: a Hugging Face folder or an MLflow model URI; null trains "
-        "the experiment's model on the pool for `reference_steps` steps and scores with that.",
+        description="Reference model for `loss` and soft labels: a Hugging Face folder or an MLflow model URI; "
+        "null trains the experiment's model on the pool for `reference_steps` steps and uses that.",
     )
     reference_steps: int = Field(
         100,
         gt=0,
-        description="Steps of the briefly trained reference model (loss; the embedding table of the "
+        description="Steps of the briefly trained reference model (loss, soft labels; the embedding table of the "
         "synthetic methods).",
     )
     el2n_steps: int = Field(20, gt=0, description="Training steps before EL2N scores (the paper scores early).")
@@ -79,13 +79,37 @@ class DatasetDistillConfig(BaseModel):
         "network on the synthetic set (the paper's inner loop).",
     )
     inner_lr: float = Field(0.01, gt=0, description="gradient: SGD learning rate of the network's inner steps.")
+    labels: Literal["hard", "soft"] = Field(
+        "hard",
+        description="hard: each position's target is its next token; soft: the reference model's next-token "
+        "distribution (its label_top_k most likely tokens), which gradient matching then learns further along "
+        "with the embeddings. Training reads soft labels from the rows and fits them by cross-entropy.",
+    )
+    label_top_k: int = Field(64, gt=0, description="soft: tokens kept of each position's distribution.")
+    label_lr: float = Field(
+        0.05, gt=0, description="gradient with soft labels: Adam learning rate of the label logits."
+    )
+    label_temperature: float = Field(
+        1.0, gt=0, description="soft: temperature of the reference's softmax (above 1 flattens it)."
+    )
 
     @model_validator(mode="after")
     def _keep_applies(self) -> DatasetDistillConfig:
         if self.keep is not None and self.method not in DEFAULT_KEEP:
             raise ValueError(f"keep: applies to loss and el2n, not {self.method}; remove it")
-        if self.reference is not None and self.method != "loss":
-            raise ValueError(f"reference: is the model that scores `loss`, not {self.method}; remove it")
+        if self.reference is not None and self.method != "loss" and self.labels == "hard":
+            raise ValueError(
+                f"reference: is the model that scores `loss` or gives soft labels, not {self.method}'s hard "
+                "labels; remove it or set labels: soft"
+            )
+        soft_options = ("label_top_k", "label_temperature", "label_lr")
+        # Compared with the defaults, not by which were given: a dumped config (a worker's) names them all.
+        if self.labels == "hard" and any(
+            getattr(self, name) != type(self).model_fields[name].default for name in soft_options
+        ):
+            raise ValueError(
+                "label_top_k/label_temperature/label_lr: apply to labels: soft; remove them or set labels: soft"
+            )
         if self.pool is not None and self.pool < self.k:
             raise ValueError(f"pool: must be at least k={self.k} (got {self.pool})")
         return self

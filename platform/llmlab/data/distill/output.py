@@ -17,12 +17,18 @@ SYNTHETIC_NAME = "synthetic.pt"
 
 
 def write_rows(
-    out_dir: str, rows_NR: np.ndarray, domains: list[str], source: Manifest, settings: dict[str, Any]
+    out_dir: str,
+    rows_NR: np.ndarray,
+    domains: list[str],
+    source: Manifest,
+    settings: dict[str, Any],
+    layout: dict[str, list[int]] | None = None,
 ) -> Manifest:
     """Write rows [N, row_len] as one shard per domain (in the order domains first appear), with
-    the source's dtype, sequence length and tokenizer, and return the manifest saved beside them."""
+    the source's dtype, sequence length and tokenizer, and return the manifest saved beside them.
+    `layout` ({field: [offset, width]}) lays out wider rows than the source's (soft labels)."""
     rows_NR = np.asarray(rows_NR)
-    row_len = source.row_len or source.seq_len + 1
+    row_len = sum(width for _, width in layout.values()) if layout else source.row_len or source.seq_len + 1
     if rows_NR.ndim != 2 or rows_NR.shape[1] != row_len:
         raise ValueError(f"rows must be [N, {row_len}] (got {list(rows_NR.shape)})")
     if len(domains) != rows_NR.shape[0]:
@@ -48,8 +54,8 @@ def write_rows(
         config={"distill": settings, "source_config": source.config},
         tokenizer_sha256=source.tokenizer_sha256,
         source_fingerprint=source.source_fingerprint,
-        layout=source.layout,
-        row_len=source.row_len,
+        layout=layout or source.layout,
+        row_len=row_len if layout else source.row_len,
     )
     manifest.save(join(out_dir, MANIFEST_NAME))
     return manifest

@@ -11,7 +11,9 @@ the set matches the real data:
 - gradient matching (Zhao et al. 2021): under a freshly initialised network, the gradient of the
   next-token loss on the synthetic set should point as the gradient on a real batch does (layer-wise
   cosine distance, per output unit); the network then takes a few SGD steps on the synthetic set
-  and the matching repeats (the paper's inner loop).
+  and the matching repeats (the paper's inner loop). With soft labels (`label_logits_KLV`, each
+  position's target distribution as logits, e.g. a reference model's), the labels are learned by the
+  same matching, as Bohdal et al. 2020 and Sucholutsky & Schonlau 2021 learn them.
 
 The input space must not change between iterations, so every network shares one frozen token
 embedding table (the caller's, e.g. a briefly trained reference model's): only the blocks are
@@ -37,6 +39,7 @@ class SyntheticSet:
     labels_KL: torch.Tensor  # hard next-token labels (int64), fixed from the initial real rows
     init_indices: np.ndarray  # the real sequences (pool rows) they started from
     history: list[float] = field(default_factory=list)  # matching objective per iteration
+    label_logits_KLV: torch.Tensor | None = None  # soft labels as logits (learned by gradient matching)
 
 
 def network_seed(seed: int, iteration: int) -> int:
@@ -77,8 +80,13 @@ def distribution_loss(net: Transformer, synthetic_KLD: torch.Tensor, real_BR: to
     return ((real_LD - syn_LD) ** 2).sum(-1).mean()
 
 
-def _clm_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits_BLV.float().flatten(0, 1), labels_BL.flatten())
+def _clm_loss(
+    logits_BLV: torch.Tensor, labels_BL: torch.Tensor, label_logits_BLV: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean next-token cross-entropy against the hard labels, or against softmax(label_logits)."""
+    if label_logits_BLV is None:
+        return F.cross_entropy(logits_BLV.float().flatten(0, 1), labels_BL.flatten())
+    return -(F.softmax(label_logits_BLV, -1) * F.log_softmax(logits_BLV.float(), -1)).sum(-1).mean()
 
 
 def _layer_distance(real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
@@ -90,21 +98,28 @@ def _layer_distance(real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_loss(
-    net: Transformer, synthetic_KLD: torch.Tensor, labels_KL: torch.Tensor, real_BR: torch.Tensor
+    net: Transformer,
+    synthetic_KLD: torch.Tensor,
+    labels_KL: torch.Tensor,
+    real_BR: torch.Tensor,
+    label_logits_KLV: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Layer-wise gradient distance of the next-token loss on a real batch vs the synthetic set,
-    differentiable in the synthetic embeddings."""
+    differentiable in the synthetic embeddings (and soft labels, when given)."""
     params = [p for p in net.parameters() if p.requires_grad]
     real_loss = _clm_loss(net(real_BR[:, :-1]), real_BR[:, 1:])
     real_grads = [g.detach() for g in torch.autograd.grad(real_loss, params)]
-    syn_loss = _clm_loss(net(inputs_embeds=synthetic_KLD), labels_KL)
+    syn_loss = _clm_loss(net(inputs_embeds=synthetic_KLD), labels_KL, label_logits_KLV)
     syn_grads = torch.autograd.grad(syn_loss, params, create_graph=True)
     return sum(_layer_distance(r, s) for r, s in zip(real_grads, syn_grads, strict=True))
 
 
-def _sgd_step(net: Transformer, synthetic_KLD: torch.Tensor, labels_KL: torch.Tensor, lr: float) -> None:
+def _sgd_step(
+    net: Transformer, synthetic_KLD: torch.Tensor, labels_KL: torch.Tensor, lr: float, label_logits_KLV=None
+) -> None:
     params = [p for p in net.parameters() if p.requires_grad]
-    loss = _clm_loss(net(inputs_embeds=synthetic_KLD.detach()), labels_KL)
+    soft = None if label_logits_KLV is None else label_logits_KLV.detach()
+    loss = _clm_loss(net(inputs_embeds=synthetic_KLD.detach()), labels_KL, soft)
     grads = torch.autograd.grad(loss, params)
     with torch.no_grad():
         for param, grad in zip(params, grads, strict=True):
@@ -136,14 +151,23 @@ def learn_synthetic(
     inner_steps: int = 1,
     inner_lr: float = 0.01,
     seed: int = 0,
+    label_logits_KLV: torch.Tensor | None = None,
+    label_lr: float = 0.05,
 ) -> SyntheticSet:
-    """k synthetic sequences matched to the real rows `rows_NR` by `method` (distribution or gradient)."""
+    """k synthetic sequences matched to the real rows `rows_NR` by `method` (distribution or gradient).
+    `label_logits_KLV` (soft labels of the initial set, as logits) are learned too by gradient
+    matching, with Adam at `label_lr`; distribution matching does not read labels."""
     if method not in ("distribution", "gradient"):
         raise ValueError(f"method must be distribution or gradient (got {method!r})")
     start = initial_set(rows_NR, embedding_VD, k, seed)
     synthetic = start.inputs_embeds_KLD.requires_grad_(True)
     labels = start.labels_KL
-    optimizer = torch.optim.Adam([synthetic], lr=lr)
+    groups = [{"params": [synthetic], "lr": lr}]
+    soft = None
+    if label_logits_KLV is not None and method == "gradient":
+        soft = label_logits_KLV.detach().clone().float().requires_grad_(True)
+        groups.append({"params": [soft], "lr": label_lr})
+    optimizer = torch.optim.Adam(groups)
     generator = torch.Generator().manual_seed(seed)
     result = SyntheticSet(synthetic, labels, start.init_indices)
     for iteration in range(steps):
@@ -154,15 +178,16 @@ def learn_synthetic(
             if method == "distribution":
                 loss = distribution_loss(net, synthetic, real)
             else:
-                loss = gradient_loss(net, synthetic, labels, real)
+                loss = gradient_loss(net, synthetic, labels, real, soft)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
             if method == "gradient":
-                _sgd_step(net, synthetic, labels, inner_lr)
+                _sgd_step(net, synthetic, labels, inner_lr, soft)
         result.history.append(float(np.mean(losses)))
     result.inputs_embeds_KLD = synthetic.detach()
+    result.label_logits_KLV = None if soft is None else soft.detach()
     return result
 
 
@@ -178,6 +203,7 @@ def matching_objective(
     networks: int,
     real_batch: int,
     seed: int = 0,
+    label_logits_KLV: torch.Tensor | None = None,
 ) -> float:
     """The matching objective of a synthetic set averaged over `networks` fixed random networks and
     real batches (the same for any set: to compare a set before and after learning)."""
@@ -190,7 +216,7 @@ def matching_objective(
         if method == "distribution":
             total += float(distribution_loss(net, synthetic, real).detach())
         else:
-            total += float(gradient_loss(net, synthetic, labels_KL, real).detach())
+            total += float(gradient_loss(net, synthetic, labels_KL, real, label_logits_KLV).detach())
     return total / networks
 
 
