@@ -104,14 +104,12 @@ def _trainee(
     if not exp.finetune.enabled:
         model = build_model(exp.model, vocab_size=spec.vocab_size).to(device)
         return model, objective, model.config.model_dump(mode="json")
-    if classes is None:
-        finetuned = apply_finetune(load_pretrained(exp.finetune.base, spec.tracking_uri).model, exp.finetune)
-        return finetuned.trainable.to(device), objective, None
-    domains = exp.data.domains
-    head = HeadSpec(len(domains), spec.pad_id)
+    num_classes = len(exp.data.domains)
+    head = None if classes is None else HeadSpec(num_classes, spec.pad_id)
     finetuned = apply_finetune(load_pretrained(exp.finetune.base, spec.tracking_uri).model, exp.finetune, head)
-    weights = balanced_weights(classes, len(domains))
-    return finetuned.trainable.to(device), Classification(spec.pad_id, weights), None
+    if classes is not None:
+        objective = Classification(spec.pad_id, balanced_weights(classes, num_classes))
+    return finetuned.trainable.to(device), objective, None
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ No Ray: it runs in the driver on the shards `llmlab.experiment.prepare_data` bui
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -175,14 +176,10 @@ def build(
     torch.manual_seed(cfg.seed)
     report: dict[str, Any] = {"method": cfg.method, "k": cfg.k, "pool": pool_size, "labels": cfg.labels}
     say(f"distilling {pool_size} of {n} training sequences to {cfg.k} by {cfg.method}")
-    references: list[torch.nn.Module] = []
-
-    def reference() -> torch.nn.Module:  # built on first use, once
-        if not references:
-            references.append(
-                _reference(cfg, model_cfg, source.vocab_size, rows, say, tracking_uri, source.tokenizer_sha256)
-            )
-        return references[0]
+    # Built on first use, once: loss scores, the synthetic table and soft labels share it.
+    reference = functools.cache(
+        lambda: _reference(cfg, model_cfg, source.vocab_size, rows, say, tracking_uri, source.tokenizer_sha256)
+    )
 
     if cfg.method == "random":
         chosen = pool[random_selection(pool_size, cfg.k, cfg.seed)]
@@ -210,8 +207,8 @@ def build(
         )
     if not cfg.synthetic:
         chosen_rows = torch.from_numpy(shards.get(chosen))
-        labelled = _with_soft_labels(cfg, reference, chosen_rows, None, source.vocab_size, report)
-        manifest = _write(out_dir, labelled, _domain_of(source, chosen), source, cfg)
+        labelled, layout = _with_soft_labels(cfg, reference, chosen_rows, None, source, report)
+        manifest = write_rows(out_dir, labelled.numpy(), _domain_of(source, chosen), source, {}, layout)
     else:
         manifest = _synthesise(cfg, model_cfg, vocab_size, source, pool, rows, out_dir, report, say, reference)
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -297,8 +294,8 @@ def _synthesise(
         tensors["label_logits"] = synthetic.label_logits_KLV
     save_synthetic(out_dir, tensors)
     init_global = pool[synthetic.init_indices]
-    labelled = _with_soft_labels(cfg, reference, token_rows_KR, synthetic.label_logits_KLV, source.vocab_size, report)
-    return _write(out_dir, labelled, _domain_of(source, init_global), source, cfg)
+    labelled, layout = _with_soft_labels(cfg, reference, token_rows_KR, synthetic.label_logits_KLV, source, report)
+    return write_rows(out_dir, labelled.numpy(), _domain_of(source, init_global), source, {}, layout)
 
 
 def _with_soft_labels(
@@ -306,25 +303,19 @@ def _with_soft_labels(
     reference: Callable[[], torch.nn.Module],
     rows_KR: torch.Tensor,
     label_logits_KLV: torch.Tensor | None,
-    vocab_size: int,
+    source: Manifest,
     report: dict[str, Any],
-) -> torch.Tensor:
-    """The rows, with their soft labels appended when `cfg.labels` is soft: the learned ones
-    (`label_logits_KLV`, already at the label temperature), else the reference's on these rows.
-    Only the tokenizer's `vocab_size` ids are labels (a padded table's extra rows never are)."""
+) -> tuple[torch.Tensor, dict[str, list[int]] | None]:
+    """The rows, with their soft labels appended when `cfg.labels` is soft, and their layout (None:
+    the source's). The labels are the learned ones (`label_logits_KLV`, already at the label
+    temperature), else the reference's on these rows. Only the tokenizer's ids are labels (a padded
+    table's extra rows never are)."""
     if cfg.labels == "hard":
-        return rows_KR
+        return rows_KR, None
     if label_logits_KLV is None:
         logits, temperature = reference_logits(reference(), rows_KR, cfg.batch_size), cfg.label_temperature
     else:
         logits, temperature = label_logits_KLV, 1.0
-    ids_KLT, probs_KLT, kept_KL = top_k_targets(logits[..., :vocab_size], cfg.label_top_k, temperature)
+    ids_KLT, probs_KLT, kept_KL = top_k_targets(logits[..., : source.vocab_size], cfg.label_top_k, temperature)
     report["label_mass_kept"] = round(float(kept_KL.mean()), 4)
-    return encode_rows(rows_KR, ids_KLT, probs_KLT)
-
-
-def _write(
-    out_dir: str, rows_KR: torch.Tensor, domains: list[str], source: Manifest, cfg: DatasetDistillConfig
-) -> Manifest:
-    layout = soft_layout(source.seq_len, min(cfg.label_top_k, source.vocab_size)) if cfg.labels == "soft" else None
-    return write_rows(out_dir, rows_KR.numpy(), domains, source, {}, layout)
+    return encode_rows(rows_KR, ids_KLT, probs_KLT), soft_layout(source.seq_len, ids_KLT.shape[-1])
