@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from llmlab.jobs.connection import JobsError
+
 USAGE_ERROR = 2
 
 
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = getattr(args, "overrides", []) + extra
     try:
         return args.handler(args)
-    except UserError as err:
+    except (UserError, JobsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USAGE_ERROR
 
@@ -136,6 +138,10 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--uri", help="tracking store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     report.add_argument("--out", type=Path, help="folder for curves.png and table.md (default: ./report/<sweep>)")
     report.set_defaults(handler=_report)
+
+    from llmlab.jobs.commands import add_commands
+
+    add_commands(commands)
 
     ui = commands.add_parser("ui", help="the MLflow UI over the local store, on 127.0.0.1")
     ui.add_argument("--uri", help="tracking store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")

@@ -6,6 +6,7 @@ import logging
 import os
 
 from llmlab.config import ClusterConfig
+from llmlab.jobs.ray_node import LOOPBACK_SWITCH
 from llmlab.train.config import TrainConfig
 
 # Every ray.train.report() waits for the controller's poll; its 2 s default dominated small
@@ -26,8 +27,11 @@ def connect_ray(cluster: ClusterConfig, train: TrainConfig, trials: int = 1) -> 
         return
     address = cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
+        if _is_loopback(address):  # `llmlab cluster up`'s: reachable on 127.0.0.1 only
+            keep_ray_on_loopback()
         ray.init(address=address, logging_level=logging.WARNING)
         return
+    keep_ray_on_loopback()  # a cluster of this machine alone: no port for the network to reach
     # Ray reserves a logical CPU per Train worker; declare enough for them plus the data tasks,
     # even where the machine has fewer cores (the workers then share them).
     needed = trials * int(train.num_workers * train.cpus_per_worker + 0.999) + 2
@@ -42,6 +46,24 @@ def connect_ray(cluster: ClusterConfig, train: TrainConfig, trials: int = 1) -> 
         # imports again (3-5 s per stage on 2 cores here). Idle workers now live for a minute.
         _system_config={"idle_worker_killing_time_threshold_ms": _IDLE_WORKER_KEEP_MS},
     )
+
+
+def keep_ray_on_loopback() -> None:
+    """Ray's processes on this machine listen on 127.0.0.1 rather than every interface.
+
+    `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (Ray's switch for laptops) does that for the processes
+    Ray starts, which inherit it; the driver read it when `ray` was imported, so its copy is set
+    too (the node address it announces is then 127.0.0.1 as well).
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ[LOOPBACK_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return host == "localhost" or host.startswith("127.")
 
 
 def cluster_has_gpus() -> bool:

@@ -31,6 +31,7 @@ from llmlab.data.tokenizer import eos_id, load_tokenizer, pad_id
 from llmlab.finetune.base import adopt_base, export_finetuned
 from llmlab.finetune.config import FinetuneConfig
 from llmlab.finetune.methods import Finetuned
+from llmlab.tracking.redact import job_params, strip_userinfo
 from llmlab.tracking.runs import log_params, log_report, marks_failure, open_run
 from llmlab.tracking.store import TrackingStore, check_reachable, resolve_store
 from llmlab.train.distill_config import DistillConfig
@@ -243,10 +244,10 @@ def _train_and_log(
     finetuned: Finetuned | None = None,
 ) -> None:
     train_run = trial.train_run_name(run_name)
-    changed = log_params(client, run_id, flatten(exp))
+    changed = log_params(client, run_id, {**flatten(exp), **job_params(os.environ)})
     if changed:
         say(f"[{run_name}] note: resumed with changed settings (MLflow keeps the first values): {', '.join(changed)}")
-    client.log_text(run_id, to_yaml(exp), "config.yaml")
+    client.log_text(run_id, strip_userinfo(to_yaml(exp)), "config.yaml")
     client.set_tag(run_id, "llmlab.storage", f"{storage}/{train_run}")
     if source is not None:
         client.set_tag(run_id, "llmlab.experiment_file", str(source))

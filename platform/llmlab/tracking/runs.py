@@ -13,6 +13,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 import llmlab
+from llmlab.tracking.redact import redact_params
 from llmlab.tracking.store import TrackingStore
 
 _MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
@@ -88,8 +89,9 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> lis
     """Log params not yet on the run; return the keys whose value differs from the logged one.
 
     MLflow params are immutable, so a resumed run keeps its original values; callers report
-    the changed keys instead of failing.
+    the changed keys instead of failing. Credentials in URLs never reach the store.
     """
+    params = redact_params(params)
     logged = client.get_run(run_id).data.params
     changed = [key for key, value in params.items() if key in logged and logged[key] != value[:6000]]
     new = [Param(key, value[:6000]) for key, value in params.items() if key not in logged]

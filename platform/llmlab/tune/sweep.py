@@ -36,6 +36,7 @@ from llmlab.experiment import (
     resolve_storage,
     run_experiment,
 )
+from llmlab.tracking.redact import strip_userinfo
 from llmlab.tracking.runs import flatten_numbers, log_params, marks_failure, open_run
 from llmlab.tracking.store import check_reachable, resolve_store
 from llmlab.train.trainer import StartFrom
@@ -102,7 +103,7 @@ def run_sweep(
     )
     with marks_failure(client, parent_id):
         log_params(client, parent_id, flatten(exp))
-        client.log_text(parent_id, to_yaml(exp), "config.yaml")
+        client.log_text(parent_id, strip_userinfo(to_yaml(exp)), "config.yaml")
         client.set_tag(parent_id, SWEEP_TAG, "parent")
         for data, objective in data_settings:
             _prepare(data, objective, storage, name, say)
