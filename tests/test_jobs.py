@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -231,6 +233,19 @@ def test_cluster_listens_on_loopback_only(cluster) -> None:
     for url in (state.dashboard_url, state.mlflow_uri, f"http://{state.gcs_address}"):
         assert int(url.rsplit(":", 1)[1]) in ports, url
     assert {ip for ip, _ in addresses if not is_loopback(ip)} == set(), addresses
+    # MLflow answers its own host name only (--allowed-hosts).
+    api = f"{state.mlflow_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert http_status(api) == 200
+    assert http_status(api, host="attacker.example") == 403
+
+
+def http_status(url: str, host: str | None = None) -> int:
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 @pytest.mark.ray

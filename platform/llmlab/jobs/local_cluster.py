@@ -241,6 +241,9 @@ def _start_mlflow(folder: Path, port: int) -> int:
         str(folder / "mlartifacts"),
         "--workers",
         "1",
+        # Requests whose Host header names another site are refused (DNS rebinding from a browser).
+        "--allowed-hosts",
+        f"{LOOPBACK}:{port},localhost:{port}",
     ]
     with (folder / "mlflow.log").open("w") as out:
         env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
