@@ -226,13 +226,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.ray
 def test_cluster_listens_on_loopback_only(cluster) -> None:
-    state, _ = cluster
+    state, env = cluster
     pids = set(local_cluster.processes_in_sessions(state.leaders.values()))
     addresses = listening_addresses(pids)
     ports = {port for _, port in addresses}
     for url in (state.dashboard_url, state.mlflow_uri, f"http://{state.gcs_address}"):
         assert int(url.rsplit(":", 1)[1]) in ports, url
     assert {ip for ip, _ in addresses if not is_loopback(ip)} == set(), addresses
+    second = llmlab("cluster", "up", env=env)
+    assert second.returncode == 2 and "already up" in second.stderr and second.stderr.count("\n") == 1
     # MLflow answers its own host name only (--allowed-hosts).
     api = f"{state.mlflow_uri}/api/2.0/mlflow/experiments/search?max_results=1"
     assert http_status(api) == 200
@@ -317,6 +319,17 @@ def test_submit_follow_runs_the_experiment_and_logs_to_the_server(cluster, tmp_p
     assert "[e2e] finished at step 10" in logs.stdout
     missing = llmlab("jobs", "status", "no-such-job", env=env)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+
+    # A job stopped before it ends.
+    stop_id = f"{submission_id}-stopped"
+    submitted = llmlab("submit", "experiments/tiny.yaml", "--submission-id", stop_id, env=submitter, cwd=project)
+    assert submitted.returncode == 0 and submitted.stdout.splitlines()[0] == stop_id, submitted.stderr
+    stopped = llmlab("jobs", "stop", stop_id, env=env)
+    assert stopped.returncode == 0 and stopped.stdout.strip() == f"{stop_id}: STOPPED", stopped.stdout + stopped.stderr
+    again = llmlab("submit", "experiments/tiny.yaml", "--submission-id", stop_id, env=submitter, cwd=project)
+    refusal = again.stderr.strip().splitlines()[-1]  # after Ray's own INFO line about the upload
+    assert again.returncode == 2 and refusal.startswith("error: the cluster refused the job:"), again.stderr
+    assert f"{stop_id}" in refusal and "already exists" in refusal, refusal
 
 
 @pytest.mark.ray

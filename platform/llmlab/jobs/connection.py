@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,8 @@ if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
 PROBE_TIMEOUT_S = 3.0
+# `ValueError: ...` or `ray.exceptions.RayError: ...`: the line of a traceback that names the error.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): ")
 DEFAULT_DASHBOARD_PORT = 8265
 
 
@@ -86,5 +89,13 @@ def refused_message(url: str, token: str | None) -> str:
 
 
 def first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(error).__name__
+    """The line that says what went wrong: the first, or for a server's traceback its exception line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip(" .")]
+    if not lines:
+        return type(error).__name__
+    if "Traceback (most recent call last)" in lines[0]:
+        head = lines[0].split("Traceback")[0].rstrip(": ")
+        raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
+        if raised:
+            return f"{head}: {raised[-1]}"[:300] if head else raised[-1][:300]
+    return lines[0][:300]
