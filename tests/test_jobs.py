@@ -127,6 +127,30 @@ def test_job_runs_llmlab_run_from_the_uploaded_folder(tmp_path: Path, monkeypatc
     }
 
 
+class _AgentsRegisteringClient:
+    """Answers as Ray's jobs API does until a node's job agent has registered (its exact error)."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+
+    def submit_job(self, **job) -> str:
+        if self.refusals:
+            self.refusals -= 1
+            raise RuntimeError(
+                "Request failed with status code 500: No available agent to submit job, please try again later."
+            )
+        return job["submission_id"]
+
+
+def test_submit_waits_for_a_job_agent_then_gives_up_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmlab.jobs import submit as submitting
+
+    monkeypatch.setattr(submitting, "AGENT_RETRY_S", 0.01)
+    assert submitting.submit(_AgentsRegisteringClient(3), {"submission_id": "s"}) == "s"
+    with pytest.raises(JobsError, match=r"^the cluster refused the job: .*No available agent"):
+        submitting.submit(_AgentsRegisteringClient(10**6), {"submission_id": "s"}, wait_for_agent_s=0.2)
+
+
 def test_secret_names_and_url_credentials() -> None:
     for name in ("HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "api-key", "WANDB_API_KEY"):
         assert looks_secret(name), name

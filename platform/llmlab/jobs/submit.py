@@ -24,6 +24,10 @@ FORWARDED_BY_DEFAULT = ("MLFLOW_TRACKING_URI",)
 # Local state never worth uploading (Ray also skips what .gitignore lists).
 UPLOAD_EXCLUDES = [".git", ".venv", "results", "mlruns", "mlartifacts", "mlflow.db", "__pycache__", "*.pyc"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# Ray's jobs API before a node's job agent has registered with the head.
+_NO_AGENT = "No available agent to submit job"
+AGENT_WAIT_S = 120.0
+AGENT_RETRY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -99,11 +103,20 @@ def read_requirements(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def submit(client: JobSubmissionClient, job: dict[str, Any]) -> str:
-    try:
-        return client.submit_job(**job)
-    except (RuntimeError, ValueError, TypeError) as err:  # a refused runtime env, a taken submission id
-        raise JobsError(f"the cluster refused the job: {first_line(err)}") from None
+def submit(client: JobSubmissionClient, job: dict[str, Any], wait_for_agent_s: float = AGENT_WAIT_S) -> str:
+    """Submit `job`; a cluster whose job agents have not registered yet (a head just started, or
+    under load) answers "No available agent ... try again later": wait for one, as it asks."""
+    deadline = time.monotonic() + wait_for_agent_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as err:
+            if _NO_AGENT in str(err) and time.monotonic() < deadline:
+                time.sleep(AGENT_RETRY_S)
+                continue
+            raise JobsError(f"the cluster refused the job: {first_line(err)}") from None
+        except (ValueError, TypeError) as err:  # a runtime env Ray cannot use
+            raise JobsError(f"the cluster refused the job: {first_line(err)}") from None
 
 
 def follow(client: JobSubmissionClient, submission_id: str, out=sys.stdout) -> str:
