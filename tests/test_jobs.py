@@ -3,7 +3,9 @@ server on this machine, real jobs through Ray's jobs API, read back with `Mlflow
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -222,9 +224,12 @@ def test_the_local_ray_of_llmlab_run_listens_on_loopback_only(tmp_path: Path) ->
     try:
         gcs_address = driver.stdout.readline().strip()
         assert gcs_address.startswith("127.0.0.1:"), gcs_address
-        time.sleep(2)  # the agents open their ports after the driver connects
-        addresses = listening_addresses(set(local_cluster.processes_in_sessions([driver.pid])))
-        assert len(addresses) >= 4  # GCS, raylet (2), dashboard, agents
+        deadline = time.monotonic() + 30  # the agents open their ports after the driver connects
+        addresses: set[tuple[str, int]] = set()
+        while len(addresses) < 5 and time.monotonic() < deadline:  # GCS, raylet (2), dashboard, agents
+            time.sleep(1)
+            addresses = listening_addresses(set(local_cluster.processes_in_sessions([driver.pid])))
+        assert len(addresses) >= 5, addresses
         assert {ip for ip, _ in addresses if not is_loopback(ip)} == set(), addresses
     finally:
         driver.communicate("", timeout=120)
@@ -239,13 +244,32 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("cluster")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("RAY_", "MLFLOW_"))}
     env["LLMLAB_CLUSTER_DIR"] = str(folder)
-    ports = ["--dashboard-port", str(local_cluster.free_port()), "--mlflow-port", str(local_cluster.free_port())]
-    result = llmlab("cluster", "up", *ports, env=env, timeout=300)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    state = local_cluster.load(folder)
-    assert state is not None
-    yield state, env
+    dashboard_port, mlflow_port = local_cluster.free_ports(2)
+    ports = ["--dashboard-port", str(dashboard_port), "--mlflow-port", str(mlflow_port)]
+    # As when another Ray runs on this machine (the test session's own, in CI): it holds the
+    # agent port that every Ray node takes by default, and the head's agent must not need it.
+    with hold_port(DEFAULT_AGENT_PORT):
+        result = llmlab("cluster", "up", *ports, env=env, timeout=300)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        state = local_cluster.load(folder)
+        assert state is not None
+        yield state, env
     llmlab("cluster", "down", env=env, timeout=120)  # a no-op once test_cluster_down has run
+
+
+DEFAULT_AGENT_PORT = 52365  # `ray start --dashboard-agent-listen-port`'s default
+
+
+@contextlib.contextmanager
+def hold_port(port: int):
+    """Listen on 127.0.0.1:`port` for the duration; if something else already does, it holds it."""
+    with socket.socket() as listener:
+        try:
+            listener.bind(("127.0.0.1", port))
+            listener.listen()
+        except OSError:
+            pass
+        yield
 
 
 @pytest.mark.ray

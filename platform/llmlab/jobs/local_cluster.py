@@ -74,7 +74,7 @@ def up(
             raise JobsError(f"{name} {port}: something already listens on {LOOPBACK}:{port}; pick another port")
     folder.mkdir(parents=True, exist_ok=True)
     token_path = _new_token(folder / "auth_token")
-    gcs_port, client_port = free_port(), free_port()
+    gcs_port, client_port, *agent_ports = free_ports(4)
     cluster = LocalCluster(
         folder=str(folder),
         dashboard_url=f"http://{LOOPBACK}:{dashboard_port}",
@@ -89,6 +89,10 @@ def up(
     env = _ray_environment(token_path)
     node = [sys.executable, "-m", "llmlab.jobs.ray_node", "start", "--block", "--node-ip-address", LOOPBACK]
     sizes = ["--num-cpus", str(cpus_per_node), "--object-store-memory", str(object_store_mb * 2**20)]
+    # Ray's one fixed port: every node's agent takes 52365 unless told otherwise. The second node,
+    # or any other Ray on this machine, holding it leaves an agent without HTTP, and the head's is
+    # the one the jobs API submits through ("No available agent to submit job").
+    head_agent, worker_agent = (f"--dashboard-agent-listen-port={port}" for port in agent_ports)
     try:
         cluster.leaders["head"] = _start(
             "head",
@@ -96,6 +100,7 @@ def up(
                 *node,
                 "--head",
                 *sizes,
+                head_agent,
                 f"--port={gcs_port}",
                 f"--dashboard-host={LOOPBACK}",
                 f"--dashboard-port={dashboard_port}",
@@ -110,7 +115,7 @@ def up(
         cluster.save()  # from here `down` can stop what was started, even if the rest fails
         cluster.leaders["worker"] = _start(
             "worker",
-            [*node, f"--address={cluster.gcs_address}", *sizes, f"--temp-dir={cluster.ray_temp_dirs[1]}"],
+            [*node, f"--address={cluster.gcs_address}", *sizes, worker_agent, f"--temp-dir={cluster.ray_temp_dirs[1]}"],
             folder,
             env,
             _READY_MARK,
@@ -176,9 +181,16 @@ def port_is_free(port: int) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on loopback now (all probes held open together, so none repeats)."""
+    with contextlib.ExitStack() as held:
+        probes = [held.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind((LOOPBACK, 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 def _is_zombie(proc_entry: Path) -> bool:
