@@ -164,14 +164,14 @@ def _load(args: argparse.Namespace):
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    exp = _load(args)  # before the heavy imports below: a mistake in the file is reported at once
+    if not exp.sweep.space and len(exp.sweep.seeds) == 1:
+        raise UserError(f"{args.experiment}: sweep.space is empty and there is one seed; use `llmlab run` for one run")
     from llmlab.config import ConfigError
     from llmlab.data.corpus import DataQualityError
     from llmlab.tracking.store import TrackingUnavailable
     from llmlab.tune.sweep import run_sweep
 
-    exp = _load(args)
-    if not exp.sweep.space and len(exp.sweep.seeds) == 1:
-        raise UserError(f"{args.experiment}: sweep.space is empty and there is one seed; use `llmlab run` for one run")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         summary = run_sweep(exp, source=args.experiment, resume=args.resume)
@@ -194,6 +194,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    exp = _load(args)  # before the heavy imports below: a mistake in the file is reported at once
     from ray.train import TrainingFailedError
 
     from llmlab.config import ConfigError
@@ -201,7 +202,6 @@ def _run(args: argparse.Namespace) -> int:
     from llmlab.experiment import failure_summary, run_experiment
     from llmlab.tracking.store import TrackingUnavailable
 
-    exp = _load(args)
     # MLflow's INFO lines (database migrations, monitor start/stop) are noise on the terminal.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
@@ -274,14 +274,16 @@ def _dedup(args: argparse.Namespace) -> int:
     import json
 
     from llmlab.data.config import SourceConfig
-    from llmlab.data.dedup import DedupError, dedup_dataset
-    from llmlab.data.sources import expand_paths, read_documents
+    from llmlab.data.sources import expand_paths
 
     cfg = _dedup_config(args.overrides)
     try:
         expand_paths([args.input])
     except (FileNotFoundError, ValueError) as err:
         raise UserError(str(err)) from None
+    from llmlab.data.dedup import DedupError, dedup_dataset
+    from llmlab.data.sources import read_documents
+
     _connect_data_ray()
     source = SourceConfig(paths=[args.input], text_field=args.text_field)
     ds, validation = read_documents([source], max_doc_chars=10**9)

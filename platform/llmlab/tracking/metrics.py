@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
+# MLflow is imported by the workers that log (about 1 s at start), not by every Train worker.
+if TYPE_CHECKING:
+    from mlflow.entities import Metric
 
 _MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limit
 
@@ -16,11 +18,15 @@ class MetricLogger:
     """Buffers per-step metrics and sends them in batches, so logging costs one call per flush."""
 
     def __init__(self, tracking_uri: str, run_id: str) -> None:
+        from mlflow.tracking import MlflowClient
+
         self._client = MlflowClient(tracking_uri)
         self._run_id = run_id
         self._buffer: list[Metric] = []
 
     def log(self, step: int, values: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
         now_ms = int(time.time() * 1000)
         self._buffer.extend(Metric(key, float(value), now_ms, step) for key, value in values.items())
 
