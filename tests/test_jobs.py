@@ -234,10 +234,7 @@ def test_the_local_ray_of_llmlab_run_listens_on_loopback_only(tmp_path: Path) ->
     finally:
         driver.communicate("", timeout=120)
     # Ray's processes stop after the driver exits (they notice on their own, within seconds).
-    deadline = time.monotonic() + 60
-    while local_cluster.processes_in_sessions([driver.pid]) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert local_cluster.processes_in_sessions([driver.pid]) == []
+    assert local_cluster.wait_for_sessions_to_end([driver.pid], timeout_s=60) == []
 
 
 # --- `llmlab cluster up`: two nodes and an MLflow server ------------------------------------------

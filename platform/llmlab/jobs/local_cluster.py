@@ -142,16 +142,21 @@ def down(folder: Path) -> tuple[LocalCluster | None, list[int]]:
     # them, Ray's processes waited on each other past the grace period.
     for leader in reversed(sessions):
         _kill(leader, signal.SIGTERM)
-    deadline = time.monotonic() + _STOP_GRACE_S
-    while processes_in_sessions(sessions) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for pid in processes_in_sessions(sessions):
+    for pid in wait_for_sessions_to_end(sessions, _STOP_GRACE_S):
         _kill(pid, signal.SIGKILL)
     time.sleep(0.5)
     for temp_dir in cluster.ray_temp_dirs:
         shutil.rmtree(temp_dir, ignore_errors=True)
     Path(cluster.folder, STATE_FILE).unlink(missing_ok=True)
     return cluster, processes_in_sessions(sessions)
+
+
+def wait_for_sessions_to_end(leaders, timeout_s: float) -> list[int]:
+    """Wait up to `timeout_s` for every process of these sessions to exit; return those still live."""
+    deadline = time.monotonic() + timeout_s
+    while (live := processes_in_sessions(leaders)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return live
 
 
 def processes_in_sessions(leaders) -> list[int]:

@@ -5,12 +5,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 # MLflow is imported by the workers that log (about 1 s at start), not by every Train worker.
-if TYPE_CHECKING:
-    from mlflow.entities import Metric
-
 _MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limit
 
 
@@ -22,13 +18,11 @@ class MetricLogger:
 
         self._client = MlflowClient(tracking_uri)
         self._run_id = run_id
-        self._buffer: list[Metric] = []
+        self._buffer: list[tuple[str, float, int, int]] = []  # (key, value, timestamp ms, step)
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
         now_ms = int(time.time() * 1000)
-        self._buffer.extend(Metric(key, float(value), now_ms, step) for key, value in values.items())
+        self._buffer.extend((key, float(value), now_ms, step) for key, value in values.items())
 
     def log_param(self, key: str, value: str) -> None:
         """A param; as a tag when the run already holds another value (params are write-once, and
@@ -41,12 +35,14 @@ class MetricLogger:
             self._client.set_tag(self._run_id, key, value)
 
     def flush(self) -> None:
+        from mlflow.entities import Metric
+
         while self._buffer:
             chunk, self._buffer = (
                 self._buffer[:_MAX_METRICS_PER_CALL],
                 self._buffer[_MAX_METRICS_PER_CALL:],
             )
-            self._client.log_batch(self._run_id, metrics=chunk)
+            self._client.log_batch(self._run_id, metrics=[Metric(*metric) for metric in chunk])
 
 
 @contextlib.contextmanager

@@ -181,8 +181,7 @@ def compile_kernels(cfg: DedupConfig, bands: int, rows: int) -> None:
         _bucket_batch(_bucket_rows(prepared, cfg.exact))
     every_row = np.sort(prepared.column(UID).to_numpy())
     looked = _lookup_rows(prepared, every_row, "text", cfg.model_copy(update={"id_field": None}))
-    lists = looked.column(VALUES).combine_chunks()
-    offsets, values = lists.offsets.to_numpy() - lists.offsets[0].as_py(), lists.flatten().to_numpy()
+    offsets, values = _flat_values(looked)
     for array in (offsets, values):
         array.setflags(write=False)  # as the tasks get them from Ray's object store
     pairs = pa.table({"a": [0, 0], "b": [1, 2], "ia": [0, 0], "ib": [1, 2]})
@@ -350,10 +349,8 @@ class _Lookup:
         self.ranks = dict(zip(found.tolist(), table.column(RANK).to_pylist(), strict=True))
         self._index = np.argsort(found)
         self._sorted = found[self._index]
-        lists = table.column(VALUES).combine_chunks()
-        offsets = lists.offsets.to_numpy()
         # One object for every verify task, read without copying (numpy arrays in shared memory).
-        self._ref = ray.put((offsets - offsets[0], lists.flatten().to_numpy()))
+        self._ref = ray.put(_flat_values(table))
 
     def verify(self, pairs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         """The pairs scoring at least `threshold`, and their scores."""
@@ -375,6 +372,14 @@ class _Lookup:
             return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
         edges = np.stack([verified.column("a").to_numpy(), verified.column("b").to_numpy()], axis=1)
         return edges, verified.column("score").to_numpy()
+
+
+def _flat_values(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """A lookup table's value lists as (offsets from 0, all values end to end): what the verify
+    kernels read."""
+    lists = table.column(VALUES).combine_chunks()
+    offsets = lists.offsets.to_numpy()
+    return offsets - offsets[0], lists.flatten().to_numpy()
 
 
 def _lookup_rows(table: pa.Table, uids: np.ndarray, text_column: str, cfg: DedupConfig) -> pa.Table:
