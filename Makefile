@@ -2,7 +2,7 @@
 VENV ?= .venv
 STAMP := $(VENV)/.llmlab-installed
 
-.PHONY: setup quickstart test lint
+.PHONY: setup quickstart test lint coverage
 
 setup: $(STAMP)
 
@@ -19,3 +19,12 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# Line coverage of platform/ over the whole suite (slower than `make test`: every process is traced).
+# Ray's processes may still be writing their files when pytest ends, hence the pause before combining.
+coverage: setup
+	rm -rf .coverage-data && mkdir -p .coverage-data
+	LLMLAB_COVERAGE_DIR=$(CURDIR)/.coverage-data $(VENV)/bin/python -m pytest -q --cov --cov-report= || true
+	sleep 15
+	LLMLAB_COVERAGE_DIR=$(CURDIR)/.coverage-data $(VENV)/bin/python -m coverage combine --append -q
+	LLMLAB_COVERAGE_DIR=$(CURDIR)/.coverage-data $(VENV)/bin/python -m coverage report | tail -1

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,14 +68,82 @@ def shared_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _cli_folder(request: pytest.FixtureRequest) -> None:
-    """A test that runs the CLI (it asks for `cli_env`) in its `tmp_path` finds there ./mlflow.db,
-    migrated (MLflow opens it as one it had just created), and results/_tokenized, the session's
-    shard cache (the default train.storage_path's)."""
+    """A test that runs the CLI in a subprocess (it asks for `cli_env`) in its `tmp_path` finds there
+    ./mlflow.db, migrated (MLflow opens it as one it had just created), and results/_tokenized, the
+    session's shard cache (the default train.storage_path's). (`llmlab_cli` prepares its own.)"""
     if {"cli_env", "tmp_path"} <= set(request.fixturenames):
-        folder: Path = request.getfixturevalue("tmp_path")
-        shutil.copy(request.getfixturevalue("migrated_store"), folder / "mlflow.db")
-        (folder / "results").mkdir(exist_ok=True)
-        (folder / "results" / "_tokenized").symlink_to(request.getfixturevalue("shared_shards"))
+        folder, store, shards = (
+            request.getfixturevalue(name) for name in ("tmp_path", "migrated_store", "shared_shards")
+        )
+        _prepare_cli_folder(folder, store, shards)
+
+
+def _prepare_cli_folder(folder: Path, store: Path, shards: Path) -> None:
+    shutil.copy(store, folder / "mlflow.db")
+    (folder / "results").mkdir(exist_ok=True)
+    (folder / "results" / "_tokenized").symlink_to(shards)
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What an `llmlab` command did: its exit status and what it printed (Ray's forwarded worker
+    lines included), as `subprocess.run` would report them."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> CliResult:
+    """`llmlab ARGS` in this process, from `cwd`, with `env` added to the environment: the same code
+    path as the command (argument parsing, validation, MLflow, the Ray job) without starting an
+    interpreter that imports torch, Ray and MLflow again (about 5 s a command on this machine).
+    The command joins the session's Ray (`connect_ray` finds it initialised). The working
+    directory and the environment are restored afterwards, whatever the command changed."""
+    from llmlab.cli import main
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(env or {})
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as exit_:  # argparse's usage errors
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            _wait_for_forwarded_lines(out, err)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def _wait_for_forwarded_lines(*streams: io.StringIO, quiet_s: float = 0.5, limit_s: float = 5.0) -> None:
+    """Ray forwards worker prints to the driver asynchronously: wait until nothing new arrived for
+    `quiet_s` (at most `limit_s`), so the last progress lines are in the output."""
+    deadline = time.monotonic() + limit_s
+    sizes = [stream.tell() for stream in streams]
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = [stream.tell() for stream in streams]
+        if now == sizes:
+            return
+        sizes = now
+
+
+@pytest.fixture
+def llmlab_cli(ray_session, tmp_path: Path, migrated_store: Path, shared_shards: Path):
+    """`llmlab_cli(*args, cwd=tmp_path, env=None)`: run_cli on the session's Ray, in a folder prepared
+    like a CLI test's (`_cli_folder`): ./mlflow.db migrated, results/_tokenized the session's cache."""
+    if not (tmp_path / "mlflow.db").exists():
+        _prepare_cli_folder(tmp_path, migrated_store, shared_shards)
+
+    def call(*args: str, cwd: Path = tmp_path, env: dict[str, str] | None = None) -> CliResult:
+        return run_cli(list(args), cwd, env)
+
+    return call
 
 
 @dataclass(frozen=True)
@@ -89,23 +157,21 @@ class QuickstartRun:
         return f"sqlite:///{self.folder / 'mlflow.db'}"
 
 
+# The quickstart as the tests run it: its file and code path, a third of its steps (with three
+# evaluations) on a smaller demo corpus; `make quickstart` runs it whole.
+QUICKSTART_SHRINK = ["train.max_steps=100", "train.eval_every=35", "data.demo_docs_per_domain=600"]
+QUICKSTART_STEPS = 100
+
+
 @pytest.fixture(scope="session")
-def quickstart_run(
-    cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, migrated_store: Path
-) -> QuickstartRun:
-    """`llmlab run experiments/quickstart.yaml` once per session (MLflow run name qs): checked by
-    test_quickstart, and the trained base that fine-tuning and distillation tests start from."""
+def quickstart_run(ray_session, tmp_path_factory: pytest.TempPathFactory, migrated_store: Path) -> QuickstartRun:
+    """`llmlab run experiments/quickstart.yaml` (QUICKSTART_SHRINK) once per session (MLflow run
+    name qs): checked by test_quickstart, and the trained base that fine-tuning and distillation
+    tests start from."""
     folder = tmp_path_factory.mktemp("quickstart")
     shutil.copy(migrated_store, folder / "mlflow.db")
     experiment = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "llmlab.cli", "run", str(experiment), "tracking.run_name=qs"],
-        cwd=folder,
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_cli(["run", str(experiment), "tracking.run_name=qs", *QUICKSTART_SHRINK], folder)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return QuickstartRun(folder, result.stdout + result.stderr, time.monotonic() - started)

@@ -14,11 +14,11 @@ import torch.distributed as dist
 
 from llmlab import parallel
 from llmlab.model import ModelConfig, build_model
+from llmlab.model.losses import mean_token_loss
 from llmlab.parallel import ParallelConfig
 from llmlab.train.checkpoint import load_checkpoint, save_checkpoint
 from llmlab.train.config import TrainConfig
 from llmlab.train.loop import StepMetrics, train
-from llmlab.train.objectives import mean_token_loss
 from llmlab.train.optim import build_optimizer, build_scheduler
 
 VOCAB, SEQ, BATCH, STEPS = 64, 16, 8, 10

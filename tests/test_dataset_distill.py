@@ -377,8 +377,8 @@ def test_gradient_matching_learns_soft_labels():
     ("distill", "data", "says"),
     [
         ({"labels": "soft"}, {"packing": "documents"}, "set data.packing=concat"),
-        ({"label_top_k": 8}, {}, "apply to labels: soft"),
-        ({"method": "random", "reference": "runs:/x/model"}, {}, "or set labels: soft"),
+        ({"label_top_k": 8}, {}, "applies to labels soft"),
+        ({"method": "random", "reference": "runs:/x/model"}, {}, "applies to method loss and soft labels"),
     ],
 )
 def test_soft_label_settings_are_validated(distill, data, says):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -184,21 +181,13 @@ def test_signature_verification_and_char_shingles(ray_session) -> None:
     assert np.all(result.scores >= 0.9)
 
 
-def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    # In the test's folder: the job's MLflow store (./mlflow.db) lands there, not in the repo.
-    return subprocess.run(
-        [sys.executable, "-m", "llmlab.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
-    )
-
-
-def test_cli_dedups_a_jsonl_file(cli_env, tmp_path) -> None:
+def test_cli_dedups_a_jsonl_file(llmlab_cli, tmp_path) -> None:
     texts = synthetic_corpus(60, seed=6)
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps({"id": i, "body": t}) + "\n" for i, t in enumerate(texts + texts[:3])))
     out = tmp_path / "out"
-    proc = _cli(
-        ["dedup", "--text-field", "body", str(path), str(out), "id_field=id", "threshold=0.8"], cli_env, tmp_path
-    )
+    # In the test's folder: the job's MLflow store (./mlflow.db) lands there, not in the repo.
+    proc = llmlab_cli("dedup", "--text-field", "body", str(path), str(out), "id_field=id", "threshold=0.8")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())["dedup"]
     assert report["input_rows"] == 63 and report["after_exact"] == 60
@@ -222,9 +211,9 @@ def test_cli_dedups_a_jsonl_file(cli_env, tmp_path) -> None:
         (lambda d: d / "ok.jsonl", ["threshold=2"], "threshold"),
     ],
 )
-def test_cli_errors_are_one_line(cli_env, tmp_path, make_input, overrides, message) -> None:
+def test_cli_errors_are_one_line(llmlab_cli, tmp_path, make_input, overrides, message) -> None:
     (tmp_path / "ok.jsonl").write_text('{"text": "a"}\n')
-    proc = _cli(["dedup", str(make_input(tmp_path)), str(tmp_path / "out"), *overrides], cli_env, tmp_path)
+    proc = llmlab_cli("dedup", str(make_input(tmp_path)), str(tmp_path / "out"), *overrides)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr

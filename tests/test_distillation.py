@@ -5,8 +5,6 @@ process, and `llmlab run` with a teacher end to end (and refusing a teacher of a
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,18 +14,19 @@ import torch.nn.functional as F
 from distill_cases import STUDENT, TRAIN, VOCAB, global_rows, save_teacher, train_kd, train_kd_layouts
 from mlflow.tracking import MlflowClient
 from tokenizers import Tokenizer
+from torch import nn
 
 from llmlab import parallel
 from llmlab.config import ConfigError, validate_experiment
+from llmlab.conventions import IGNORE_INDEX
 from llmlab.model import ModelConfig, build_model
 from llmlab.parallel import MeshDims, ParallelConfig
 from llmlab.parallel.spawn import spawn
 from llmlab.train.config import TrainConfig
 from llmlab.train.distill_config import DistillConfig
-from llmlab.train.distillation import PROJECTIONS, distil, distillation_terms
+from llmlab.train.distillation import PROJECTIONS, Distillation, distil
 from llmlab.train.objectives import Clm
 from llmlab.train.optim import build_optimizer, build_scheduler
-from llmlab.train.rows import IGNORE_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,6 +54,26 @@ def _brute_force(student, teacher, targets, alpha: float, temperature: float) ->
     return alpha * ce_total / scored + (1 - alpha) * temperature**2 * kl_total / scored
 
 
+class _Logits(nn.Module):
+    """A stand-in model whose output is the given logits [B, L, V], whatever its inputs."""
+
+    def __init__(self, logits_BLV: torch.Tensor) -> None:
+        super().__init__()
+        self.logits_BLV = logits_BLV
+
+    def forward(self, inputs_BL: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        return self.logits_BLV
+
+
+def _kd_loss(student, teacher, targets, alpha: float, temperature: float) -> torch.Tensor:
+    """`Distillation.terms`' loss for a student and a teacher with these logits, on rows whose
+    targets (rows[:, 1:]) are `targets`."""
+    rows = torch.cat([torch.zeros_like(targets[:, :1]), targets], 1)
+    model = _Logits(student)
+    config = DistillConfig(teacher="runs:/teacher/model", alpha=alpha, temperature=temperature)
+    return Distillation(Clm(), _Logits(teacher), config, model).terms(model, rows).loss()
+
+
 @pytest.mark.parametrize(("alpha", "temperature"), [(0.5, 2.0), (0.3, 1.0), (0.0, 4.0), (0.9, 0.5)])
 def test_loss_is_the_formula_over_scored_tokens(alpha: float, temperature: float) -> None:
     generator = torch.Generator().manual_seed(0)
@@ -63,7 +82,7 @@ def test_loss_is_the_formula_over_scored_tokens(alpha: float, temperature: float
     targets = torch.randint(0, 11, (3, 5), generator=generator)
     targets[0, :2] = IGNORE_INDEX
     targets[2, 4] = IGNORE_INDEX
-    loss = distillation_terms(student, teacher, targets, alpha, temperature).loss()
+    loss = _kd_loss(student, teacher, targets, alpha, temperature)
     assert float(loss) == pytest.approx(_brute_force(student, teacher, targets, alpha, temperature), abs=1e-5)
 
 
@@ -73,8 +92,8 @@ def test_alpha_one_is_plain_cross_entropy_and_equal_logits_have_no_kl() -> None:
     targets = torch.randint(0, 9, (2, 6), generator=generator)
     targets[1, 3:] = IGNORE_INDEX
     plain = F.cross_entropy(student.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
-    assert torch.allclose(distillation_terms(student, teacher, targets, 1.0, 2.0).loss(), plain, atol=1e-6)
-    assert float(distillation_terms(student, student.clone(), targets, 0.0, 3.0).loss()) == pytest.approx(0, abs=1e-6)
+    assert torch.allclose(_kd_loss(student, teacher, targets, 1.0, 2.0), plain, atol=1e-6)
+    assert float(_kd_loss(student, student.clone(), targets, 0.0, 3.0)) == pytest.approx(0, abs=1e-6)
 
 
 def test_alpha_one_without_hidden_term_trains_the_student_alone(tmp_path: Path) -> None:
@@ -105,7 +124,7 @@ def test_hidden_term_is_the_projected_mse(tmp_path: Path) -> None:
     inputs, targets = rows[:, :-1], rows[:, 1:]
     with torch.no_grad():
         teacher_logits = objective.teacher(inputs)
-    expected = distillation_terms(student(inputs), teacher_logits, targets, 0.4, 2.0).loss()
+    expected = _kd_loss(student(inputs), teacher_logits, targets, 0.4, 2.0)
     projected = getattr(student, PROJECTIONS)[0](seen["student"])
     expected = expected + 0.7 * (projected - seen["teacher"]).pow(2).mean()
     assert torch.allclose(loss, expected, atol=1e-5)
@@ -182,7 +201,8 @@ def test_fsdp_distils_like_one_process(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("raw", "path", "message"),
     [
-        ({"distill": {"hidden_layers": [[0, 1]]}}, "distill.hidden_layers", "needs hidden_weight > 0"),
+        ({"distill": {"teacher": "t", "hidden_layers": [[0, 1]]}}, "distill.hidden_layers", "needs hidden_weight > 0"),
+        ({"distill": {"hidden_layers": [[0, 1]]}}, "distill.hidden_layers", "applies to knowledge distillation"),
         ({"distill": {"alpha": 1.5}}, "distill.alpha", "less than or equal to 1"),
         ({"distill": {"temperature": 0}}, "distill.temperature", "greater than 0"),
         ({"distill": {"teacher": "t", "hidden_weight": 1, "hidden_layers": [[5, 0]]}}, "distill.hidden_layers", "5"),
@@ -218,12 +238,6 @@ def test_a_local_teacher_is_made_absolute() -> None:
 # ------------------------------------------------------------------------------ llmlab run
 
 
-def _llmlab(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmlab.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
 def _teacher_with_tokenizer(folder: Path, padded_by: int = 0) -> Path:
     from llmlab.data import train_tokenizer
 
@@ -252,9 +266,9 @@ tracking: {{experiment: kd, run_name: kd, system_metrics: false}}
 
 @pytest.mark.ray
 @pytest.mark.e2e
-def test_llmlab_run_distils_on_ray_train(cli_env: dict[str, str], tmp_path: Path) -> None:
+def test_llmlab_run_distils_on_ray_train(llmlab_cli, tmp_path: Path) -> None:
     teacher = _teacher_with_tokenizer(tmp_path / "teacher")
-    result = _llmlab(tmp_path, "run", str(_kd_experiment(tmp_path, teacher)), env=cli_env)
+    result = llmlab_cli("run", str(_kd_experiment(tmp_path, teacher)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"distilling from {teacher}" in result.stdout
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

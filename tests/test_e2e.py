@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QuickstartRun
+from conftest import QUICKSTART_STEPS, QuickstartRun
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 
 
 def llmlab(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`llmlab` as its own process: for what a process boundary shows (a killed driver, a server)."""
     return subprocess.run([*LLMLAB, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -47,7 +48,8 @@ def loss_by_step(client: MlflowClient, run_id: str, key: str = "loss") -> dict[i
 
 def test_quickstart(quickstart_run: QuickstartRun) -> None:
     print(f"quickstart took {quickstart_run.seconds:.0f} s")
-    assert re.search(r"\[qs\] step +300/300 +loss", quickstart_run.output)  # progress display
+    steps = QUICKSTART_STEPS
+    assert re.search(rf"\[qs\] step +{steps}/{steps} +loss", quickstart_run.output)  # progress display
     assert "llmlab ui" in quickstart_run.output
     folder = quickstart_run.folder
     client = store_client(folder)
@@ -65,18 +67,19 @@ def test_quickstart(quickstart_run: QuickstartRun) -> None:
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= model_files
 
     losses = loss_by_step(client, run.info.run_id)
-    assert sorted(losses) == list(range(1, 301))
+    assert sorted(losses) == list(range(1, steps + 1))
     # One batch's loss is noisy (±0.2 here); the mean of the last 20 steps and the held-out loss are not.
+    # The first is a uniform guess over the 2048 tokens (ln 2048 = 7.62); 100 steps take it below 5.7.
     first = losses[1][0]
-    recent = sum(losses[step][-1] for step in range(281, 301)) / 20
-    assert recent < 0.62 * first, (first, recent)
+    recent = sum(losses[step][-1] for step in range(steps - 19, steps + 1)) / 20
+    assert recent < 0.75 * first, (first, recent)
     heldout = [
         metric.value for metric in sorted(client.get_metric_history(run.info.run_id, "eval_loss"), key=lambda m: m.step)
     ]
-    assert len(heldout) == 3 and heldout[0] > heldout[1] > heldout[2] and heldout[2] < 0.65 * first, heldout
+    assert len(heldout) == 3 and heldout[0] > heldout[1] > heldout[2] and heldout[2] < 0.75 * first, heldout
     assert {"eval_loss/python_docs", "eval_loss/package_docs"} <= set(run.data.metrics)
     for key in ("lr", "grad_norm", "tokens_per_s", "step_time_s"):
-        assert len(client.get_metric_history(run.info.run_id, key)) == 300, key
+        assert len(client.get_metric_history(run.info.run_id, key)) == steps, key
     assert any(key.startswith("system/node0/cpu") for key in run.data.metrics)
 
     # The logged model loads as a Hugging Face model and generates.
@@ -92,13 +95,13 @@ def test_quickstart(quickstart_run: QuickstartRun) -> None:
     assert out.shape[1] == prompt["input_ids"].shape[1] + 5
 
 
-def tiny_experiment(folder: Path, max_steps: int, mixture: str = "null") -> Path:
+def tiny_experiment(folder: Path, max_steps: int, mixture: str = "null", workers: int = 1) -> Path:
     path = folder / "tiny.yaml"
     path.write_text(
         f"""
 data: {{seq_len: 32, vocab_size: 512, demo_docs_per_domain: 150, mixture: {mixture}}}
 model: {{d_model: 32, n_layers: 2, n_heads: 2, dropout: 0.1}}
-train: {{num_workers: 2, max_steps: {max_steps}, batch_size: 8, lr: 0.003, warmup_steps: 5,
+train: {{num_workers: {workers}, max_steps: {max_steps}, batch_size: 8, lr: 0.003, warmup_steps: 5,
          log_every: 5, checkpoint_every: 10}}
 tracking: {{experiment: tiny, run_name: tiny, system_metrics: false}}
 """
@@ -122,7 +125,7 @@ ONLINE_MIXTURE = "{policy: online, online: {update_every: 5, learning_rate: 2.0}
 
 
 @pytest.mark.parametrize("mixture", [ONLINE_MIXTURE], ids=["online-mixture"])
-def test_resume_after_interruption(cli_env: dict[str, str], tmp_path: Path, mixture: str) -> None:
+def test_resume_after_interruption(cli_env: dict[str, str], llmlab_cli, tmp_path: Path, mixture: str) -> None:
     """Kill the driver mid-run; the same command resumes the same MLflow run at the saved step,
     with the online mixture's sampler position and learned weights (the harder case: a run without
     a mixture has no data state to restore, and its restart after a lost worker is tested below)."""
@@ -146,7 +149,7 @@ def test_resume_after_interruption(cli_env: dict[str, str], tmp_path: Path, mixt
     logged_before = loss_by_step(client, interrupted.info.run_id)
     assert max(logged_before) < STEPS
 
-    second = llmlab(tmp_path, *args, env=cli_env)
+    second = llmlab_cli(*args)
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-3000:]
     resumed_at = int(re.search(r"resuming from the checkpoint at step (\d+)", output).group(1))
@@ -169,38 +172,31 @@ def test_resume_after_interruption(cli_env: dict[str, str], tmp_path: Path, mixt
         _check_mixture_metrics(client, run.info.run_id, ["python_docs", "package_docs"])
 
 
-def test_fsdp_logs_one_process_loss_and_survives_a_killed_worker(cli_env: dict[str, str], tmp_path: Path) -> None:
-    """One experiment on 1 worker and on 2 under FSDP (ZeRO-3) logs the same loss at every step
-    (every other layout's parity with one process is tested on gloo in test_parallel). The FSDP run
-    also loses a worker (SIGKILL at step 9): Ray restarts the group, which resumes from the step-6
-    checkpoint and ends at exactly step 12, re-running steps 7-9 on the same batches (the same
-    losses), never steps 1-6."""
-    experiment = tiny_experiment(tmp_path, max_steps=12)
+def test_fsdp_survives_a_killed_worker_and_repeats_its_steps_exactly(llmlab_cli, tmp_path: Path) -> None:
+    """A 2-worker FSDP (ZeRO-3) run loses a worker (SIGKILL at step 9): Ray restarts the group, which
+    resumes from the step-6 checkpoint and ends at exactly step 12, re-running steps 7-9 on the same
+    batches (the same losses), never steps 1-6. (Every layout's parity with one process is tested
+    on gloo in test_parallel.)"""
+    experiment = tiny_experiment(tmp_path, max_steps=12, workers=2)
     # log_every=1: every step reaches MLflow at once, so the steps before the kill are all there.
-    common = ["model.dropout=0", "train.checkpoint_every=6", "train.warmup_steps=3", "train.log_every=1"]
-    layouts = {
-        "one": ["train.num_workers=1"],
-        "fsdp": ["parallel.strategy=fsdp", "train.max_failures=1"],
-    }
+    overrides = [
+        "model.dropout=0",
+        "train.checkpoint_every=6",
+        "train.warmup_steps=3",
+        "train.log_every=1",
+        "parallel.strategy=fsdp",
+        "train.max_failures=1",
+        "tracking.run_name=fsdp",
+    ]
+    result = llmlab_cli("run", str(experiment), *overrides, env={"LLMLAB_FAULT_AT_STEP": "9"})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "resuming from the checkpoint at step 6" in output, output[-3000:]
     client = store_client(tmp_path)
-    losses: dict[str, dict[int, list[float]]] = {}
-    for name, overrides in layouts.items():
-        env = {**cli_env, "LLMLAB_FAULT_AT_STEP": "9"} if name == "fsdp" else cli_env
-        result = llmlab(tmp_path, "run", str(experiment), *common, *overrides, f"tracking.run_name={name}", env=env)
-        output = result.stdout + result.stderr
-        assert result.returncode == 0, output[-3000:]
-        run = client.search_runs(
-            [client.get_experiment_by_name("tiny").experiment_id], f"attributes.run_name = '{name}'"
-        )[0]
-        assert run.info.status == "FINISHED"
-        losses[name] = loss_by_step(client, run.info.run_id)
-        if name == "fsdp":
-            assert "resuming from the checkpoint at step 6" in output, output[-3000:]
-    for name, logged in losses.items():
-        assert sorted(logged) == list(range(1, 13)), name
-        for step in range(1, 13):
-            assert logged[step][-1] == pytest.approx(losses["one"][step][0], rel=1e-4), (name, step)
-    repeated = losses["fsdp"]
+    run = only_run(client, "tiny", "fsdp")
+    assert run.info.status == "FINISHED"
+    repeated = loss_by_step(client, run.info.run_id)
+    assert sorted(repeated) == list(range(1, 13))
     assert all(len(repeated[step]) == 1 for step in range(1, 7))
     assert all(len(repeated[step]) == 2 for step in (7, 8))  # before the kill, and after the resume
     for step in range(7, 10):
@@ -224,7 +220,7 @@ def _check_mixture_metrics(client: MlflowClient, run_id: str, domains: list[str]
     assert set(final) == set(domains) and sum(final.values()) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_a_mixture_that_runs_out_of_a_domain_stops_cleanly(cli_env: dict[str, str], tmp_path: Path) -> None:
+def test_a_mixture_that_runs_out_of_a_domain_stops_cleanly(llmlab_cli, tmp_path: Path) -> None:
     """`exhausted: stop`: the run ends at the step a domain runs out, says which, and finishes."""
     experiment = tmp_path / "stop.yaml"
     experiment.write_text(
@@ -236,7 +232,7 @@ train: {num_workers: 1, max_steps: 2000, batch_size: 8, warmup_steps: 5, log_eve
 tracking: {experiment: stop, run_name: stop, system_metrics: false}
 """
     )
-    result = llmlab(tmp_path, "run", str(experiment), env=cli_env)
+    result = llmlab_cli("run", str(experiment))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     stopped = re.search(r"stopping early: domain (\w+) ran out of its (\d+) training sequences at step (\d+)", output)
@@ -250,33 +246,29 @@ tracking: {experiment: stop, run_name: stop, system_metrics: false}
     assert domain in json.loads(run.data.params["data.mixture.final_weights"])
 
 
-def test_unreachable_tracking_store_stops_before_compute(tmp_path: Path) -> None:
+def test_unreachable_tracking_store_stops_before_compute(llmlab_cli, tmp_path: Path) -> None:
     started = time.monotonic()
-    result = llmlab(tmp_path, "run", str(QUICKSTART), "tracking.uri=http://127.0.0.1:9")
+    result = llmlab_cli("run", str(QUICKSTART), "tracking.uri=http://127.0.0.1:9")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: tracking.uri: cannot reach"), result.stderr
     assert time.monotonic() - started < 60
-    assert not (tmp_path / "results").exists()  # nothing was started
+    assert not list((tmp_path / "results").glob("quickstart*"))  # nothing was started
 
 
-def test_missing_data_is_one_line_before_any_run(tmp_path: Path) -> None:
-    result = llmlab(tmp_path, "run", str(QUICKSTART), "data.sources=[{name: web, paths: [nowhere/*.jsonl]}]")
+def test_missing_data_is_one_line_before_any_run(llmlab_cli, tmp_path: Path) -> None:
+    result = llmlab_cli("run", str(QUICKSTART), "data.sources=[{name: web, paths: [nowhere/*.jsonl]}]")
     assert result.returncode == 2
     # Relative paths are resolved where the experiment is loaded (workers and trials run elsewhere).
     expected = f"error: data.sources.0.paths: data path not found: no file matches {tmp_path}/nowhere/*.jsonl"
     assert result.stderr.strip() == expected
-    assert not (tmp_path / "mlflow.db").exists() or not store_client(tmp_path).search_experiments(
-        filter_string="name = 'quickstart'"
-    )
+    assert not store_client(tmp_path).search_experiments(filter_string="name = 'quickstart'")
 
 
-def test_worker_failure_marks_the_run_failed(cli_env: dict[str, str], tmp_path: Path) -> None:
+def test_worker_failure_marks_the_run_failed(llmlab_cli, tmp_path: Path) -> None:
     """flash_attn is not installed here: the workers refuse it, and the run is marked FAILED."""
     experiment = tiny_experiment(tmp_path, max_steps=20)
-    result = llmlab(
-        tmp_path, "run", str(experiment), "model.attention.backend=flash_attn", "tracking.run_name=broken", env=cli_env
-    )
+    result = llmlab_cli("run", str(experiment), "model.attention.backend=flash_attn", "tracking.run_name=broken")
     assert result.returncode == 1, result.stderr[-3000:]
     # Ray forwards worker logs asynchronously, so the summary line need not be the very last.
     summaries = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -345,12 +337,12 @@ TINY_ABLATION = [
 ]
 
 
-def tiny_ablation_run(ablation: str, run_name: str, overrides: list[str], cli_env: dict[str, str], tmp_path: Path):
+def tiny_ablation_run(ablation: str, run_name: str, overrides: list[str], llmlab_cli, tmp_path: Path):
     """`llmlab run` of experiments/ablations/<ablation>.yaml shrunk (TINY_ABLATION):
     (the CLI's result, the store's client, the finished MLflow run)."""
     experiment = REPO / "experiments" / "ablations" / f"{ablation}.yaml"
     tiny = [*TINY_ABLATION, f"tracking.run_name={run_name}"]
-    result = llmlab(tmp_path, "run", str(experiment), *tiny, *overrides, env=cli_env)
+    result = llmlab_cli("run", str(experiment), *tiny, *overrides)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     client = store_client(tmp_path)
     run = only_run(client, f"ablation-{ablation}", run_name)
@@ -358,46 +350,40 @@ def tiny_ablation_run(ablation: str, run_name: str, overrides: list[str], cli_en
     return result, client, run
 
 
-def test_the_attention_ablation_sweeps_end_to_end_unpadded(cli_env: dict[str, str], tmp_path: Path) -> None:
-    """`llmlab sweep` of the attention ablation's file, shrunk, unpadded (document masks from the
-    tokenizer's EOS, which the driver hands the workers): its two trials, every layer dense and
-    dense/local layers alternating, nested under one parent run with the comparison table."""
-    experiment = REPO / "experiments" / "ablations" / "attention.yaml"
-    overrides = ["data.packing=documents", "data.seq_len=64", "train.num_workers=1", "sweep.max_concurrent_trials=2"]
-    result = llmlab(tmp_path, "sweep", str(experiment), *TINY_ABLATION, *overrides, "sweep.name=attn", env=cli_env)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    client = store_client(tmp_path)
-    experiment_id = client.get_experiment_by_name("ablation-attention").experiment_id
-    runs = client.search_runs([experiment_id])
-    parent = next(run for run in runs if "mlflow.parentRunId" not in run.data.tags)
-    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(runs) == 3 and parent.info.run_name == "attn"
-    patterns = sorted(run.data.params["model.attention.pattern"] for run in children)
-    assert patterns == ["['dense', 'local']", "['dense']"]
-    for run in children:
-        assert run.info.status == "FINISHED" and run.data.params["data.packing"] == "documents"
-        heldout = client.get_metric_history(run.info.run_id, "eval_loss")
-        assert sorted(m.step for m in heldout) == [4, 8] and all(0 < m.value < 10 for m in heldout)
-    table = Path(client.download_artifacts(parent.info.run_id, "sweep/results.md")).read_text()
-    assert "model.attention.pattern=['dense', 'local']" in table and table in result.stdout
+def test_the_attention_ablations_alternating_layers_train_unpadded(llmlab_cli, tmp_path: Path) -> None:
+    """`llmlab run` of the attention ablation's file, shrunk, with its alternating variant (dense and
+    local layers) on unpadded rows (document masks from the tokenizer's EOS, which the driver hands
+    the workers): held-out loss at its evaluations, the pattern and packing in the run's params.
+    (Every trial of the file's sweep is validated in test_experiments; sweeps run in test_sweep.)"""
+    overrides = [
+        "data.packing=documents",
+        "data.seq_len=64",
+        "train.num_workers=1",
+        "model.attention.pattern=[dense, local]",
+    ]
+    _, client, run = tiny_ablation_run("attention", "alternating", overrides, llmlab_cli, tmp_path)
+    assert run.data.params["model.attention.pattern"] == "['dense', 'local']"
+    assert run.data.params["data.packing"] == "documents"
+    heldout = client.get_metric_history(run.info.run_id, "eval_loss")
+    assert sorted(m.step for m in heldout) == [4, 8] and all(0 < m.value < 10 for m in heldout)
 
 
-def test_an_objective_that_does_not_fit_the_model_is_one_line_before_any_run(tmp_path: Path) -> None:
-    result = llmlab(tmp_path, "run", str(QUICKSTART), "objective.type=mlm", "model.architecture=decoder")
+def test_an_objective_that_does_not_fit_the_model_is_one_line_before_any_run(llmlab_cli, tmp_path: Path) -> None:
+    result = llmlab_cli("run", str(QUICKSTART), "objective.type=mlm", "model.architecture=decoder")
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: objective.type: mlm trains an encoder model, but model.architecture=decoder; "
         "set model.architecture=encoder (or leave it out)"
     )
-    assert not (tmp_path / "mlflow.db").exists()
+    assert not store_client(tmp_path).search_experiments(filter_string="name = 'quickstart'")
 
 
-def test_the_objectives_ablation_runs_bert_pretraining(cli_env: dict[str, str], tmp_path: Path) -> None:
+def test_the_objectives_ablation_runs_bert_pretraining(llmlab_cli, tmp_path: Path) -> None:
     """The objectives ablation's file through `llmlab run` with mlm + nsp: the masked, paired rows
     are made by the Ray Data shard writer, the encoder trains on BERT's joint loss, logged to MLflow,
     and the model is exported as LlmlabForPreTraining."""
     result, client, run = tiny_ablation_run(
-        "objectives", "bert", ["objective.type=[mlm, nsp]", "data.seq_len=32"], cli_env, tmp_path
+        "objectives", "bert", ["objective.type=[mlm, nsp]", "data.seq_len=32"], llmlab_cli, tmp_path
     )
     assert "mlm+nsp examples of up to 32 tokens" in result.stdout
     assert run.data.params["objective.type"] == "['mlm', 'nsp']"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,49 @@ from llmlab.config import load_experiment
 from llmlab.model import build_model
 from llmlab.tune.space import check_space, trial_experiment
 
-EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").rglob("*.yaml"))
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((REPO / "experiments").rglob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(p.parents[1])))
-def test_experiment_validates_and_its_models_build(path: Path) -> None:
-    exp = load_experiment(path)
+OVERRIDE = r"[\w.]+=(?:[^ <]*<[^>]*>\S*|\S+)"  # key=value, where the value may be a `<placeholder with spaces>`
+
+
+def documented_commands(path: Path) -> list[list[str]]:
+    """The overrides of each `llmlab run|sweep <this file> ...` command that the file's header
+    documents (lines joined at a trailing backslash), each `<placeholder>` made a sample value;
+    [[]] (the file alone) when it documents none."""
+    header = [line.removeprefix("#").strip() for line in path.read_text().splitlines() if line.startswith("#")]
+    text = "\n".join(header).replace("\\\n", " ")
+    command = re.compile(rf"llmlab (?:run|sweep) \S*/{re.escape(path.name)}((?: +{OVERRIDE})*)")
+    commands: list[list[str]] = []
+    for found in command.finditer(text):
+        overrides = [re.sub(r"<[^>]*>", "0123", override) for override in re.findall(OVERRIDE, found.group(1))]
+        if overrides not in commands:
+            commands.append(overrides)
+    return commands or [[]]
+
+
+def test_documented_commands_are_read_from_the_header() -> None:
+    ablations = REPO / "experiments" / "ablations"
+    assert documented_commands(ablations / "finetune.yaml") == [["finetune.base=runs:/0123/model"]]
+    assert documented_commands(ablations / "pbt_lr.yaml") == [
+        [],
+        ["sweep.scheduler=fifo", "sweep.perturbation_steps=null", "sweep.name=lr-fixed"],
+    ]
+    cpu, gpu = documented_commands(REPO / "experiments" / "parallel" / "tp.yaml")
+    assert cpu == [] and gpu[0] == "train.num_workers=8" and gpu[-1] == "data.vocab_size=32000"
+    assert documented_commands(REPO / "experiments" / "quickstart.yaml") == [[]]
+
+
+CASES = [(path, overrides) for path in EXPERIMENTS for overrides in documented_commands(path)]
+
+
+@pytest.mark.parametrize(
+    ("path", "overrides"), CASES, ids=lambda x: str(x.relative_to(REPO)) if isinstance(x, Path) else " ".join(x)
+)
+def test_experiment_validates_and_its_models_build(path: Path, overrides: list[str]) -> None:
+    """Each file, with each command its header documents (a base or teacher it needs, a GPU layout)."""
+    exp = load_experiment(path, overrides)
     check_space(exp)
     base = exp.to_raw()  # as the sweep builds its trials
     grids = {p: d.values for p, d in exp.sweep.space.items() if d.kind == "grid"}
@@ -26,6 +64,10 @@ def test_experiment_validates_and_its_models_build(path: Path) -> None:
         with torch.device("meta"):  # shapes only: the recipes build billions of parameters
             model = build_model(trial.model, vocab_size=trial.data.vocab_size)  # the backend accepts the pattern
         assert model.config.max_seq_len >= trial.data.seq_len
+
+
+def test_the_quickstart_exists() -> None:
+    assert REPO / "experiments" / "quickstart.yaml" in EXPERIMENTS
 
 
 def test_the_ablations_of_the_model_issue_exist() -> None:

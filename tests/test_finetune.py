@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import QuickstartRun
 from mlflow.tracking import MlflowClient
-from test_e2e import TINY_ABLATION, llmlab
+from test_e2e import TINY_ABLATION
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -240,7 +240,7 @@ def _trained(client: MlflowClient, run, base: Transformer, folder: Path) -> tupl
 @pytest.mark.ray
 @pytest.mark.e2e
 def test_the_finetune_ablation_adapts_an_llmlab_base_with_every_method_on_ray_train(
-    cli_env: dict[str, str], quickstart_run: QuickstartRun
+    llmlab_cli, quickstart_run: QuickstartRun
 ) -> None:
     """`llmlab sweep` of the finetune ablation (shrunk) from the quickstart's model (an MLflow model
     URI): LoRA, adapters and P-tuning on 2 Ray Train workers under FSDP (ZeRO-3). Each run
@@ -264,7 +264,7 @@ def test_the_finetune_ablation_adapts_an_llmlab_base_with_every_method_on_ray_tr
         "sweep.max_concurrent_trials=3",
         "sweep.name=methods",
     ]
-    result = llmlab(folder, "sweep", str(ABLATION), *shrink, *overrides, env=cli_env)
+    result = llmlab_cli("sweep", str(ABLATION), *shrink, *overrides, cwd=folder)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     client = MlflowClient(quickstart_run.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("ablation-finetune").experiment_id])
@@ -288,9 +288,7 @@ def test_the_finetune_ablation_adapts_an_llmlab_base_with_every_method_on_ray_tr
 
 @pytest.mark.ray
 @pytest.mark.e2e
-def test_lora_fine_tunes_a_classifier_of_the_domains_under_ddp(
-    cli_env: dict[str, str], quickstart_run: QuickstartRun
-) -> None:
+def test_lora_fine_tunes_a_classifier_of_the_domains_under_ddp(llmlab_cli, quickstart_run: QuickstartRun) -> None:
     """Sequence classification (python_docs vs package_docs) with LoRA and a head, 2 DDP workers:
     held-out loss and accuracy logged; the adapter artifact (with the head) reloads to the
     checkpoint's logits, and the classifier beats chance on held-out rows."""
@@ -313,7 +311,7 @@ def test_lora_fine_tunes_a_classifier_of_the_domains_under_ddp(
         "tracking.system_metrics=false",
         "tracking.run_name=classify",
     ]
-    result = llmlab(folder, "run", str(ABLATION), *overrides, env=cli_env)
+    result = llmlab_cli("run", str(ABLATION), *overrides, cwd=folder)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     client = MlflowClient(quickstart_run.tracking_uri)
     experiment = client.get_experiment_by_name("ablation-finetune").experiment_id
@@ -336,17 +334,17 @@ def test_lora_fine_tunes_a_classifier_of_the_domains_under_ddp(
     ("override", "says"),
     [
         ("finetune.lora.target_modules=[qkv]", "finetune.lora.target_modules: Target modules {'qkv'} not found"),
-        ("finetune.base=null", "finetune.base: is required to fine-tune"),
+        ("finetune.base=null", "finetune.lora: applies to fine-tuning (a finetune.base to start from)"),
         ("finetune.base=nowhere/model", "finetune.base: nowhere/model: no such folder"),
     ],
     ids=["no-such-target", "no-base", "missing-base"],
 )
 def test_a_bad_finetune_is_one_line_and_exit_2_before_training(
-    quickstart_run: QuickstartRun, override: str, says: str
+    llmlab_cli, quickstart_run: QuickstartRun, override: str, says: str
 ) -> None:
     client = MlflowClient(quickstart_run.tracking_uri)
     base = f"finetune.base={_base_uri(quickstart_run)}"
-    result = llmlab(quickstart_run.folder, "run", str(ABLATION), base, override, "tracking.run_name=bad")
+    result = llmlab_cli("run", str(ABLATION), base, override, "tracking.run_name=bad", cwd=quickstart_run.folder)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {says}"), result.stderr
     experiment = client.get_experiment_by_name("ablation-finetune")

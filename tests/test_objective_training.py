@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.config import ConfigError, validate_experiment
+from llmlab.conventions import IGNORE_INDEX
 from llmlab.data import train_tokenizer
-from llmlab.data.objectives import IGNORE_INDEX, ObjectiveConfig, Vocab
+from llmlab.data.objectives import ObjectiveConfig, Vocab
 from llmlab.data.objectives.rows import document_key, objective_rows, row_layout, row_width
 from llmlab.model import ModelConfig, build_model
 from llmlab.model.encoder import documents_from_padding

@@ -15,9 +15,9 @@ import pytest
 from pydantic import ValidationError
 
 from llmlab.config import ConfigError, _first_error
+from llmlab.conventions import IGNORE_INDEX
 from llmlab.data import train_tokenizer
 from llmlab.data.objectives import (
-    IGNORE_INDEX,
     IS_NEXT,
     IS_RANDOM,
     MlmConfig,
@@ -389,7 +389,6 @@ def test_config_defaults_and_canonical_type():
         ({"type": ["mlm", "mlm"]}, "type", "mlm more than once"),
         ({"type": ["mlm", "infilling"]}, "type", "choose one family"),
         ({"type": ["clm", "nsp"]}, "type", "choose one family"),
-        ({"type": "clm", "infilling": {"mask_ratio": 0.4}}, "infilling", "type does not include infilling"),
         ({"type": "mlm", "objective": "mlm"}, "objective", "unknown key"),
     ],
 )

@@ -89,7 +89,6 @@ def test_fsdp_bf16_mixed_precision_computes_in_bf16_and_stays_close(references) 
     ("section", "workers", "message"),
     [
         ({"strategy": "mesh", "dp_shard": 2, "tp": 2}, 2, "must equal train.num_workers (2)"),
-        ({"strategy": "ddp", "tp": 2}, 2, "apply with strategy: mesh only"),
         ({"strategy": "mesh", "dp_replicate": 2, "zero": 3}, 2, "shards over dp_shard, which is 1"),
         ({"strategy": "mesh", "dp_shard": 2, "zero": 1}, 2, "set zero: 2 or 3"),
         ({"strategy": "mesh", "dp_replicate": 2, "tp": 2}, 4, "DDP does not combine with tp"),
@@ -164,7 +163,7 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.y
         (["parallel.strategy=pp", "model.tie_embeddings=false", "data.packing=documents"], "data.packing", "concat"),
         (["parallel.strategy=mesh", "parallel.dp_shard=4"], "parallel", "must equal train.num_workers (2)"),
         (["parallel.strategy=tp", "data.seq_len=127"], "parallel.sequence_parallel", "divisible by tp=2"),
-        (["parallel.strategy=ddp", "parallel.cpu_offload=true"], "parallel.cpu_offload", "needs dp_shard > 1"),
+        (["parallel.strategy=ddp", "parallel.cpu_offload=true"], "parallel.cpu_offload", "applies to FSDP2"),
         (
             ["parallel.strategy=pp", "model.tie_embeddings=false", "parallel.pp_microbatches=5"],
             "parallel.pp_microbatches",

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from llmlab.conventions import IGNORE_INDEX
 from llmlab.data.packing import pack, pack_padded
 from llmlab.model import AttentionConfig, ModelConfig, Transformer
 from llmlab.train.loop import next_token_loss, token_losses
-from llmlab.train.rows import IGNORE_INDEX, RowFormat
+from llmlab.train.rows import RowFormat
 
 EOS, PAD, VOCAB = 1, 2, 50
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer
 
 from llmlab.config import ConfigError
+from llmlab.conventions import TOKENIZER_FILE
 from llmlab.data.config import DataConfig
 from llmlab.data.tokenizer import store_tokenizer
 from llmlab.model.config import ModelConfig
@@ -26,5 +27,5 @@ def tokenizer_path(data: DataConfig, tokenizer: Tokenizer | None, ref: str, stor
     if data.tokenizer is not None:
         return data.tokenizer
     if tokenizer is None:
-        raise ConfigError(key, f"{ref} has no tokenizer.json; set data.tokenizer to the one it was trained with")
+        raise ConfigError(key, f"{ref} has no {TOKENIZER_FILE}; set data.tokenizer to the one it was trained with")
     return store_tokenizer(tokenizer, storage)

@@ -147,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--uri", help="tracking store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument(
+        "--workers", type=int, default=1, help="server processes (default 1: one user's UI; MLflow's own default is 4)"
+    )
     ui.set_defaults(handler=_ui)
     return parser
 
@@ -415,6 +418,8 @@ def _ui(args: argparse.Namespace) -> int:
     from llmlab.tracking.config import TrackingConfig
     from llmlab.tracking.store import resolve_store
 
+    if args.workers < 1:
+        raise UserError(f"--workers: must be at least 1 (got {args.workers})")
     store = resolve_store(TrackingConfig(uri=args.uri))
     if store.uri.startswith(("http://", "https://")):
         print(f"{store.uri} is already an MLflow server: open it in a browser")
@@ -430,10 +435,14 @@ def _ui(args: argparse.Namespace) -> int:
         args.host,
         "--port",
         str(args.port),
+        "--workers",
+        str(args.workers),
     ]
     if store.artifact_location:
         command += ["--default-artifact-root", store.artifact_location]
     print(f"MLflow UI over {store.uri}: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    # MLflow's job runner (a pool of workers for GenAI scorers) is not needed to browse runs.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(sys.executable, command)
     return 0  # not reached: execv replaces this process
 

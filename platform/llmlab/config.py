@@ -1,7 +1,9 @@
 """The experiment schema: one typed section per part of the platform, read from YAML.
 
 Only options that are implemented are accepted (`extra="forbid"` everywhere), so a key that a
-later release adds is a clear error today instead of a switch that silently does nothing.
+later release adds is a clear error today instead of a switch that silently does nothing; and an
+option that the chosen mode ignores (`parallel.pp_schedule` with `strategy: ddp`) is refused for
+the same reason (`llmlab.section`), unless the experiment's sweep varies that mode.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
 
 from llmlab.data.config import DataConfig
 from llmlab.data.objectives.config import ARCHITECTURE, ObjectiveConfig
@@ -19,6 +21,7 @@ from llmlab.finetune.config import PROMPT_METHODS, FinetuneConfig
 from llmlab.model.config import ModelConfig
 from llmlab.parallel.config import MeshDims, ParallelConfig
 from llmlab.parallel.fit import check_batch, check_pipeline, check_tensor_parallel
+from llmlab.section import KEEP_INAPPLICABLE, Ignored, InapplicableSetting, Section, inapplicable_settings
 from llmlab.tracking.config import TrackingConfig
 from llmlab.train.config import TrainConfig
 from llmlab.train.distill_config import DistillConfig
@@ -34,11 +37,12 @@ class ConfigError(ValueError):
         self.problem = problem
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# Validation context of a sweep trial's config (see `trial_experiment`): its inapplicable options are
+# listed instead of refused.
+LIST_INAPPLICABLE = "list_inapplicable"
 
 
-class ClusterConfig(_Section):
+class ClusterConfig(Section):
     address: str | None = Field(
         None,
         description="Ray cluster to join (ray://... or host:port); null: $RAY_ADDRESS, else start "
@@ -53,12 +57,17 @@ class ClusterConfig(_Section):
         1024, gt=0, description="Object store size of a local Ray, in MiB; null: Ray's default (30% of memory)."
     )
 
+    def inapplicable(self) -> dict[str, Ignored]:
+        if self.address is None:
+            return {}
+        return dict.fromkeys(("num_cpus", "object_store_mb"), Ignored("address", "a local Ray (address null)"))
+
 
 # Model keys that, when left out, follow objective.type.
 FOLLOW_OBJECTIVE = ("architecture", "type_vocab_size")
 
 
-class ExperimentConfig(_Section):
+class ExperimentConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Corpus and tokenization.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The transformer.")
     objective: ObjectiveConfig = Field(
@@ -103,16 +112,29 @@ class ExperimentConfig(_Section):
         return exp
 
     def to_raw(self) -> dict[str, Any]:
-        """The config as plain data, without the model keys derived from the objective: the base a
-        sweep's trials (which may change objective.type) are built from."""
-        raw = self.model_dump(mode="json")
+        """What the experiment wrote, as plain data, without the model keys derived from the objective:
+        the base a sweep's trials (which may change objective.type, or any mode) are built from."""
+        raw = self.model_dump(mode="json", exclude_unset=True, context={KEEP_INAPPLICABLE: True})
         for key in self._derived:
-            raw["model"].pop(key, None)
+            raw.get("model", {}).pop(key, None)
         return raw
 
+    def settings_ignored(self) -> list[InapplicableSetting]:
+        """Options written in the experiment that their section's mode ignores, except where the
+        sweep varies that mode (its trials take the options that apply to each)."""
+        varied = [f"{path}." for path in self.sweep.space]
+        return [
+            setting
+            for setting in inapplicable_settings(self)
+            if not any(f"{setting.mode_path}.".startswith(path) for path in varied)
+        ]
+
     @model_validator(mode="after")
-    def _sections_agree(self) -> ExperimentConfig:
+    def _sections_agree(self, info: ValidationInfo) -> ExperimentConfig:
         # Messages start with the dotted key they concern; _first_error turns that into the path.
+        ignored = self.settings_ignored()
+        if ignored and not (isinstance(info.context, dict) and info.context.get(LIST_INAPPLICABLE)):
+            raise ValueError(f"{ignored[0].path}: {ignored[0].message()}")
         if self.data.seq_len > self.model.max_seq_len:
             raise ValueError(
                 f"data.seq_len: exceeds model.max_seq_len ({self.model.max_seq_len}), the longest sequence "
@@ -254,9 +276,21 @@ def set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def validate_experiment(raw: dict[str, Any]) -> ExperimentConfig:
+def delete_path(raw: dict[str, Any], dotted: str) -> None:
+    """Remove raw[a][b][c] for dotted = "a.b.c", where it exists."""
+    *parents, last = dotted.split(".")
+    node: Any = raw
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(last, None)
+
+
+def validate_experiment(raw: dict[str, Any], *, list_inapplicable: bool = False) -> ExperimentConfig:
+    """The experiment `raw` describes; a ConfigError naming the key otherwise. With
+    `list_inapplicable`, options the mode ignores are left for `settings_ignored` to list."""
     try:
-        return ExperimentConfig.model_validate(raw)
+        return ExperimentConfig.model_validate(raw, context={LIST_INAPPLICABLE: list_inapplicable})
     except ValidationError as err:
         raise _first_error(err) from None
 

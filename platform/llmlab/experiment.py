@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 
 from llmlab.cluster import cluster_has_gpus, connect_ray, quiet_data_progress
 from llmlab.config import ConfigError, ExperimentConfig, flatten, to_yaml
+from llmlab.conventions import CONFIG_ARTIFACT, MANIFEST_FILE, MODEL_ARTIFACT, TOKENIZER_ARTIFACT, TOKENIZER_FILE
 from llmlab.data.config import DataConfig
 from llmlab.data.corpus import cache_key, source_fingerprint
 from llmlab.data.demo import DOMAINS as DEMO_DOMAINS
@@ -29,12 +30,10 @@ from llmlab.data.shards import Manifest
 from llmlab.data.sources import expand_paths
 from llmlab.data.tokenizer import eos_id, load_tokenizer, pad_id
 from llmlab.finetune.base import adopt_base, export_finetuned
-from llmlab.finetune.config import FinetuneConfig
 from llmlab.finetune.methods import Finetuned
 from llmlab.tracking.redact import job_params, strip_userinfo
 from llmlab.tracking.runs import log_params, log_report, marks_failure, open_run
 from llmlab.tracking.store import TrackingStore, check_reachable, resolve_store
-from llmlab.train.distill_config import DistillConfig
 from llmlab.train.distillation import resolve_teacher
 from llmlab.train.evaluate import OVERALL
 from llmlab.train.export import export_hf
@@ -155,7 +154,7 @@ def prepare_data(
     tokenizer, manifest = prepare_token_shards(
         data, data_dir, documents=documents, fingerprint=fingerprint, objective=objective
     )
-    manifest_uri = f"{data_dir}/manifest.json"
+    manifest_uri = f"{data_dir}/{MANIFEST_FILE}"
     return PreparedData(tokenizer, manifest, manifest_uri, heldout_manifests(manifest_uri), built)
 
 
@@ -165,12 +164,9 @@ def adopt_pretrained(
     """The experiment with what its trained models fix: a distillation teacher's tokenizer, a
     fine-tuning base's model and tokenizer (and the method applied to the base, weightless, for
     its parameter counts). Checked before anything starts: a bad reference is a ConfigError."""
-    if exp.distill.teacher is None and exp.distill != DistillConfig():
-        raise ConfigError("distill.teacher", "is required to distil: the model to learn from (runs:/<id>/model)")
+    # (Distillation or fine-tuning options without a teacher or base are refused by validation.)
     if exp.distill.teacher is not None:
         exp = resolve_teacher(exp, tracking_uri, storage, say)
-    if exp.finetune.base is None and exp.finetune != FinetuneConfig():
-        raise ConfigError("finetune.base", "is required to fine-tune: the model to start from (runs:/<id>/model)")
     if not exp.finetune.enabled:
         return exp, None
     return adopt_base(exp, tracking_uri, storage)
@@ -247,7 +243,7 @@ def _train_and_log(
     changed = log_params(client, run_id, {**flatten(exp), **job_params(os.environ)})
     if changed:
         say(f"[{run_name}] note: resumed with changed settings (MLflow keeps the first values): {', '.join(changed)}")
-    client.log_text(run_id, strip_userinfo(to_yaml(exp)), "config.yaml")
+    client.log_text(run_id, strip_userinfo(to_yaml(exp)), CONFIG_ARTIFACT)
     client.set_tag(run_id, "llmlab.storage", f"{storage}/{train_run}")
     if source is not None:
         client.set_tag(run_id, "llmlab.experiment_file", str(source))
@@ -284,9 +280,9 @@ def _train_and_log(
             f"is smaller than the tokenizer's {vocab_size} tokens (got {exp.model.vocab_size}); remove it or raise it",
         )
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer_file = Path(folder) / "tokenizer.json"
+        tokenizer_file = Path(folder) / TOKENIZER_FILE
         tokenizer.save(str(tokenizer_file))
-        client.log_artifact(run_id, str(tokenizer_file), "tokenizer")
+        client.log_artifact(run_id, str(tokenizer_file), TOKENIZER_ARTIFACT)
     log_params(
         client,
         run_id,
@@ -338,7 +334,7 @@ def _train_and_log(
         if finetuned is not None and (exp.finetune.method != "full" or exp.finetune.task == "classification"):
             # Only what the method trained, the adapter (and LoRA merged into the weights, if asked).
             for name in export_finetuned(exp, store.uri, folder, tokenizer, Path(out)):
-                client.log_artifacts(run_id, str(Path(out) / name), "model" if name == "merged" else name)
+                client.log_artifacts(run_id, str(Path(out) / name), MODEL_ARTIFACT if name == "merged" else name)
             return
-        export_hf(exp.model, vocab_size, folder, tokenizer, Path(out) / "model")
-        client.log_artifacts(run_id, str(Path(out) / "model"), "model")
+        export_hf(exp.model, vocab_size, folder, tokenizer, Path(out) / MODEL_ARTIFACT)
+        client.log_artifacts(run_id, str(Path(out) / MODEL_ARTIFACT), MODEL_ARTIFACT)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llmlab.data.dedup.config import DedupConfig
 from llmlab.data.demo import DOMAINS as DEMO_DOMAINS
 from llmlab.data.distill.config import DatasetDistillConfig
 from llmlab.data.mixture.config import MixtureConfig
 from llmlab.data.objectives.config import ObjectiveConfig
+from llmlab.section import Section
 
 
 def _absolute_path(path: str) -> str:
@@ -19,10 +20,8 @@ def _absolute_path(path: str) -> str:
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
-class SourceConfig(BaseModel):
+class SourceConfig(Section):
     """One domain of the corpus: its files and where the text is in them."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
         "default", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="Domain name (metrics are per domain)."
@@ -41,14 +40,12 @@ class SourceConfig(BaseModel):
         return [_absolute_path(p) for p in paths]
 
 
-class DataConfig(BaseModel):
+class DataConfig(Section):
     """Corpus, tokenizer and sequence packing settings.
 
     Every field is part of the token-shard cache key (see `pipeline.prepare_token_shards`), so a
     change here rebuilds the shards and an unchanged config reuses them.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     sources: list[SourceConfig] = Field(
         default_factory=list,

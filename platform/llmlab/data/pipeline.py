@@ -24,13 +24,13 @@ import ray
 import ray.data
 from tokenizers import Tokenizer
 
+from llmlab.conventions import HELDOUT_DIR, MANIFEST_FILE, TOKENIZER_FILE
 from llmlab.data.config import DataConfig, shard_key
 from llmlab.data.corpus import load_corpus
 from llmlab.data.objectives import ObjectiveConfig, Vocab
 from llmlab.data.objectives.rows import document_key, objective_rows, row_layout, row_width
 from llmlab.data.packing import pack, pack_padded
 from llmlab.data.shards import (
-    MANIFEST_NAME,
     MANIFEST_VERSION,
     Manifest,
     ShardInfo,
@@ -41,8 +41,6 @@ from llmlab.data.shards import (
 )
 from llmlab.data.tokenizer import eos_id, load_tokenizer, pad_id, train_tokenizer
 
-TOKENIZER_NAME = "tokenizer.json"
-HELDOUT_FOLDER = "heldout"
 BATCH_DOCS = 512  # documents per task batch = per shard; the tail lost per shard is < seq_len+1
 
 
@@ -115,7 +113,7 @@ def _reusable(
 ) -> Manifest | None:
     """The manifest in `out_dir` if it was built from this config, these files (and this tokenizer)."""
     try:
-        manifest = Manifest.load(join(out_dir, MANIFEST_NAME))
+        manifest = Manifest.load(join(out_dir, MANIFEST_FILE))
     except FileNotFoundError:
         return None
     if manifest.version != MANIFEST_VERSION:
@@ -128,7 +126,7 @@ def _reusable(
 
 
 def _load_saved_tokenizer(out_dir: str) -> Tokenizer:
-    return Tokenizer.from_str(read_text(join(out_dir, TOKENIZER_NAME)))
+    return Tokenizer.from_str(read_text(join(out_dir, TOKENIZER_FILE)))
 
 
 @dataclass
@@ -194,17 +192,17 @@ def prepare_token_shards(
     fs, root = resolve(out_dir)
     fs.create_dir(root, recursive=True)  # for tokenizer.json; the writer makes the shard folders
     tokenizer_json = tokenizer.to_str()
-    with fs.open_output_stream(join(root, TOKENIZER_NAME)) as f:
+    with fs.open_output_stream(join(root, TOKENIZER_FILE)) as f:
         f.write(tokenizer_json.encode("utf-8"))
 
     writer = _ShardWriter(cfg, tokenizer_json, tokenizer.get_vocab_size(), fingerprint, batch_docs, objective)
     heldout: dict[str, str] = {}
     if splits.heldout is not None:
         for domain in sorted(splits.heldout.unique("domain")):
-            folder = f"{HELDOUT_FOLDER}/{domain}"
+            folder = f"{HELDOUT_DIR}/{domain}"
             part = writer.write(_domain_texts(splits.heldout, domain), join(out_dir, folder))
             if part.num_sequences > 0:  # fewer than seq_len+1 held-out tokens: no held-out loss for it
-                part.save(join(join(out_dir, folder), MANIFEST_NAME))
+                part.save(join(join(out_dir, folder), MANIFEST_FILE))
                 heldout[domain] = folder
 
     manifest = _write_by_domain(writer, splits.train, cfg.domains, out_dir)
@@ -215,7 +213,7 @@ def prepare_token_shards(
             f"the corpus gave no training row (seq_len+1={cfg.seq_len + 1} tokens for clm) "
             f"({manifest.input_tokens} tokens from {manifest.num_docs} documents)"
         )
-    manifest.save(join(out_dir, MANIFEST_NAME))
+    manifest.save(join(out_dir, MANIFEST_FILE))
     return tokenizer, manifest
 
 
@@ -243,7 +241,7 @@ def heldout_manifests(manifest_uri: str) -> dict[str, str]:
     """Domain -> manifest URI of its held-out shards, for the training shards at `manifest_uri`."""
     base = manifest_uri.rsplit("/", 1)[0] if manifest_uri.endswith(".json") else manifest_uri
     manifest = Manifest.load(manifest_uri)
-    return {domain: join(join(base, folder), MANIFEST_NAME) for domain, folder in manifest.heldout.items()}
+    return {domain: join(join(base, folder), MANIFEST_FILE) for domain, folder in manifest.heldout.items()}
 
 
 def _ordered_texts(ds: ray.data.Dataset) -> ray.data.Dataset:

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
-MANIFEST_NAME = "manifest.json"
+from llmlab.conventions import MANIFEST_FILE
+
 # 2: training shards are packed per domain (ShardInfo.domain); older builds are rebuilt.
 MANIFEST_VERSION = 2
 
@@ -83,7 +84,7 @@ class Manifest:
     def load(cls, uri: str) -> Manifest:
         """Read a manifest from a file path/URI or from the folder that holds manifest.json."""
         if not uri.endswith(".json"):
-            uri = join(uri, MANIFEST_NAME)
+            uri = join(uri, MANIFEST_FILE)
         fs, path = resolve(uri)
         try:
             with fs.open_input_stream(path) as f:
@@ -96,7 +97,7 @@ class Manifest:
     def save(self, uri: str) -> None:
         """Write as JSON; locally via a temp file + rename, so a reader never sees half a file."""
         if not uri.endswith(".json"):
-            uri = join(uri, MANIFEST_NAME)
+            uri = join(uri, MANIFEST_FILE)
         fs, path = resolve(uri)
         fs.create_dir(posixpath.dirname(path), recursive=True)
         data = json.dumps(asdict(self), indent=1).encode("utf-8")
@@ -119,7 +120,7 @@ class TokenShards:
 
     def __init__(self, manifest_uri: str) -> None:
         if not manifest_uri.endswith(".json"):
-            manifest_uri = join(manifest_uri, MANIFEST_NAME)
+            manifest_uri = join(manifest_uri, MANIFEST_FILE)
         if "://" not in manifest_uri:
             manifest_uri = os.path.abspath(manifest_uri)  # workers may have another cwd
         self.manifest_uri = manifest_uri

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from llmlab.conventions import TOKENIZER_FILE
+
 EOS_TOKEN = "<|endoftext|>"  # separates documents in packed sequences; also end of generation
 PAD_TOKEN = "<pad>"
 MASK_TOKEN = "<mask>"  # unused by causal LMs; reserved so MLM work can reuse the same vocab
@@ -82,7 +84,7 @@ def store_tokenizer(tok: Tokenizer, storage: str) -> str:
     text = tok.to_str()
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     root = Path(storage) if "://" not in storage else Path(tempfile.gettempdir()) / "llmlab"
-    path = root / "_tokenizers" / digest / "tokenizer.json"
+    path = root / "_tokenizers" / digest / TOKENIZER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return str(path)

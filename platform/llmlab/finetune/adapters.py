@@ -19,12 +19,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from llmlab.conventions import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from llmlab.finetune.config import AdapterOptions
 from llmlab.model.layers import Block
 
 ADAPTER_NAMES = {"attn": "attn_adapter", "mlp": "mlp_adapter"}
-WEIGHTS_FILE = "adapter_model.safetensors"
-CONFIG_FILE = "adapter_config.json"
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
@@ -79,17 +78,17 @@ def save_adapters(model: nn.Module, options: AdapterOptions, folder: Path) -> No
     folder.mkdir(parents=True, exist_ok=True)
     names = set(adapter_parameter_names(model))
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items() if name in names}
-    save_file(state, str(folder / WEIGHTS_FILE))
-    (folder / CONFIG_FILE).write_text(json.dumps({"peft_type": "BOTTLENECK_ADAPTER", **options.model_dump()}))
+    save_file(state, str(folder / ADAPTER_WEIGHTS_FILE))
+    (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps({"peft_type": "BOTTLENECK_ADAPTER", **options.model_dump()}))
 
 
 def load_adapters(model: nn.Module, folder: Path) -> AdapterOptions:
     """Add the adapters saved in `folder` to `model` (the base they were trained on), in place."""
-    raw = json.loads((folder / CONFIG_FILE).read_text())
+    raw = json.loads((folder / ADAPTER_CONFIG_FILE).read_text())
     raw.pop("peft_type", None)
     options = AdapterOptions.model_validate(raw)
     add_adapters(model, options)
-    state = load_file(str(folder / WEIGHTS_FILE))
+    state = load_file(str(folder / ADAPTER_WEIGHTS_FILE))
     missing, unexpected = model.load_state_dict(state, strict=False)
     wanted = set(adapter_parameter_names(model))
     if unexpected or wanted & set(missing):

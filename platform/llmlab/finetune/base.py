@@ -9,7 +9,8 @@ import torch
 from tokenizers import Tokenizer
 
 from llmlab.adopt import describe, tokenizer_path
-from llmlab.config import ConfigError, ExperimentConfig, validate_experiment
+from llmlab.config import ConfigError, ExperimentConfig, set_path, validate_experiment
+from llmlab.conventions import MODEL_ARTIFACT
 from llmlab.data.tokenizer import load_tokenizer, pad_id
 from llmlab.finetune.methods import Finetuned, HeadSpec, apply_finetune
 from llmlab.model.config import ModelConfig
@@ -31,7 +32,7 @@ def adopt_base(exp: ExperimentConfig, tracking_uri: str, storage: str) -> tuple[
         raise ConfigError("model", "a fine-tuning run takes its model from finetune.base; remove the model section")
     raw = exp.to_raw()
     raw["model"] = config.model_dump(mode="json")
-    raw["data"]["tokenizer"] = tokenizer_path(exp.data, tokenizer, ref, storage, "finetune.base")
+    set_path(raw, "data.tokenizer", tokenizer_path(exp.data, tokenizer, ref, storage, "finetune.base"))
     adopted = validate_experiment(raw)
     if adopted.finetune.method in ("p_tuning", "prompt_tuning"):
         virtual = adopted.finetune.prompt.num_virtual_tokens
@@ -76,9 +77,9 @@ def export_finetuned(
     finetuned = apply_finetune(decoder, exp.finetune, classification_head(exp, pad_id(tokenizer)))
     load_model_weights(checkpoint_dir, finetuned.trainable)
     if exp.finetune.method == "full":
-        save_model_folder(finetuned.decoder, tokenizer, out / "model")
-        finetuned.save_adapter(out / "model")  # the head, next to the weights
-        return ["model"]
+        save_model_folder(finetuned.decoder, tokenizer, out / MODEL_ARTIFACT)
+        finetuned.save_adapter(out / MODEL_ARTIFACT)  # the head, next to the weights
+        return [MODEL_ARTIFACT]
     finetuned.save_adapter(out / "adapter")
     written = ["adapter"]
     if exp.finetune.method == "lora" and exp.finetune.lora.merge:

@@ -19,8 +19,6 @@ from llmlab.data.shards import TokenShards
 from llmlab.model.transformer import Transformer
 from llmlab.train.objectives import LossTerms, Objective
 
-HEAD_FILE = "classifier_head.safetensors"  # the head's weight, next to the adapter
-
 
 class SequenceClassifier(nn.Module):
     """Class logits [B, C] of right-padded token rows [B, L]: `score` on the last non-pad token."""

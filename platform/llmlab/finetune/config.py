@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from llmlab.section import Ignored, Section
 
 Method = Literal["full", "lora", "p_tuning", "prefix_tuning", "prompt_tuning", "adapter"]
 # The methods that prepend learned virtual tokens (or per-layer keys and values) to every sequence.
 PROMPT_METHODS = ("p_tuning", "prefix_tuning", "prompt_tuning")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LoraOptions(_Section):
+class LoraOptions(Section):
     r: int = Field(8, gt=0, description="Rank of the low-rank update B·A.")
     alpha: float = Field(16.0, gt=0, description="Scale of the update: alpha / r.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on LoRA's input.")
@@ -31,7 +29,7 @@ class LoraOptions(_Section):
     )
 
 
-class PromptOptions(_Section):
+class PromptOptions(Section):
     num_virtual_tokens: int = Field(16, gt=0, description="Learned tokens prepended to every sequence.")
     encoder: Literal["mlp", "lstm"] = Field(
         "mlp", description="p_tuning: PEFT's prompt encoder that produces the virtual tokens."
@@ -44,7 +42,7 @@ class PromptOptions(_Section):
     )
 
 
-class AdapterOptions(_Section):
+class AdapterOptions(Section):
     kind: Literal["houlsby", "pfeiffer"] = Field(
         "houlsby", description="houlsby: after attention and after the MLP; pfeiffer: after the MLP only."
     )
@@ -52,7 +50,7 @@ class AdapterOptions(_Section):
     activation: Literal["relu", "gelu", "silu"] = Field("relu", description="Between down and up projections.")
 
 
-class FinetuneConfig(_Section):
+class FinetuneConfig(Section):
     """Parameter-efficient fine-tuning of a trained decoder (PEFT, plus our bottleneck adapters)."""
 
     base: str | None = Field(
@@ -75,3 +73,25 @@ class FinetuneConfig(_Section):
     @property
     def enabled(self) -> bool:
         return self.base is not None
+
+    def inapplicable(self) -> dict[str, Ignored]:
+        if not self.enabled:
+            return dict.fromkeys(
+                ("task", "method", "lora", "prompt", "adapter"),
+                Ignored("base", "fine-tuning (a finetune.base to start from)"),
+            )
+        method = self.method
+        ignored: dict[str, Ignored] = {}
+        if method != "lora":
+            ignored["lora"] = Ignored("method", "method lora")
+        if method != "adapter":
+            ignored["adapter"] = Ignored("method", "method adapter")
+        if method not in PROMPT_METHODS:
+            ignored["prompt"] = Ignored("method", f"methods {', '.join(PROMPT_METHODS)}")
+        else:
+            if method != "p_tuning":
+                p_tuning = Ignored("method", "method p_tuning (its prompt encoder)")
+                ignored.update(dict.fromkeys(("prompt.encoder", "prompt.encoder_hidden_size"), p_tuning))
+            if method != "prefix_tuning":
+                ignored["prompt.prefix_projection"] = Ignored("method", "method prefix_tuning")
+        return ignored

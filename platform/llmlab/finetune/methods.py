@@ -16,13 +16,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from llmlab.conventions import ADAPTER_CONFIG_FILE, HEAD_CONFIG_FILE, HEAD_FILE
 from llmlab.finetune import adapters
-from llmlab.finetune.classify import HEAD_FILE, SequenceClassifier
+from llmlab.finetune.classify import SequenceClassifier
 from llmlab.finetune.config import PROMPT_METHODS, FinetuneConfig
 from llmlab.model.transformer import Transformer
-
-PEFT_CONFIG_FILE = "adapter_config.json"  # PEFT's name; our adapters use the same
-HEAD_CONFIG_FILE = "classifier_config.json"
 
 
 class PromptedLM(nn.Module):
@@ -159,9 +157,9 @@ def load_finetuned(decoder: Transformer, folder: Path) -> nn.Module:
 
 
 def _load_method(decoder: Transformer, folder: Path) -> nn.Module:
-    if not (folder / PEFT_CONFIG_FILE).is_file():  # method full: the folder holds the weights
+    if not (folder / ADAPTER_CONFIG_FILE).is_file():  # method full: the folder holds the weights
         return decoder
-    kind = json.loads((folder / PEFT_CONFIG_FILE).read_text()).get("peft_type")
+    kind = json.loads((folder / ADAPTER_CONFIG_FILE).read_text()).get("peft_type")
     if kind == "BOTTLENECK_ADAPTER":
         adapters.load_adapters(decoder, folder)
         return decoder

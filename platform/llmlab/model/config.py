@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from llmlab.section import Ignored, Section
 
 ArchitectureName = Literal["decoder", "encoder", "encoder_decoder"]
 AttentionBackendName = Literal["reference", "sdpa", "sdpa_flash", "sdpa_cudnn", "flex", "flash_attn"]
@@ -18,14 +20,12 @@ AttentionBackendName = Literal["reference", "sdpa", "sdpa_flash", "sdpa_cudnn", 
 LayerKindName = Literal["dense", "local", "strided", "local_strided"]
 
 
-class AttentionConfig(BaseModel):
+class AttentionConfig(Section):
     """Which kernel computes attention, and which positions each layer attends to.
 
     Every backend computes the same function; one that cannot compute the requested pattern
     refuses when the model is built.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     backend: AttentionBackendName = Field(
         default="sdpa",
@@ -51,10 +51,8 @@ class AttentionConfig(BaseModel):
     stride: int = Field(default=64, gt=0, description="Distance between the keys a strided layer sees.")
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(Section):
     """Architecture of a transformer: a decoder-only LM, a bidirectional encoder, or both."""
-
-    model_config = ConfigDict(extra="forbid")
 
     architecture: ArchitectureName = Field(
         default="decoder",
@@ -175,27 +173,24 @@ class ModelConfig(BaseModel):
         return self
 
     def _check_architecture(self) -> None:
-        arch = self.architecture
-        if self.n_decoder_layers is not None and arch != "encoder_decoder":
+        if self.position == "none" and self.architecture != "decoder":
             raise ValueError(
-                f"model.n_decoder_layers={self.n_decoder_layers} applies to architecture=encoder_decoder only, "
-                f"got architecture={arch}; remove it or change model.architecture"
-            )
-        if self.type_vocab_size and arch != "encoder":
-            raise ValueError(
-                f"model.type_vocab_size={self.type_vocab_size} (segment embeddings) applies to "
-                f"architecture=encoder only, got architecture={arch}; set it to 0"
-            )
-        if self.embed_norm and arch == "decoder":
-            raise ValueError(
-                "model.embed_norm=true applies to architecture=encoder or encoder_decoder only; "
-                "the decoder has no embedding norm, set it to false"
-            )
-        if self.position == "none" and arch != "decoder":
-            raise ValueError(
-                f"model.position=none leaves the bidirectional encoder of architecture={arch} without "
+                f"model.position=none leaves the bidirectional encoder of architecture={self.architecture} without "
                 "any order signal; use position=rope or learned"
             )
+
+    def inapplicable(self) -> dict[str, Ignored]:
+        ignored: dict[str, Ignored] = {}
+        arch = self.architecture
+        if arch != "encoder_decoder":
+            ignored["n_decoder_layers"] = Ignored("architecture", "encoder_decoder (its decoder's blocks)")
+        if arch != "encoder":
+            ignored["type_vocab_size"] = Ignored("architecture", "encoder (BERT's segment embeddings)")
+        if arch == "decoder":
+            ignored["embed_norm"] = Ignored("architecture", "encoder and encoder_decoder (BERT's and BART's)")
+        if self.position != "rope":
+            ignored.update(dict.fromkeys(("rope_theta", "rope_fraction"), Ignored("position", "position rope")))
+        return ignored
 
     @property
     def rotary_dim(self) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -26,9 +25,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from llmlab.model.config import ModelConfig
 from llmlab.model.encoder import documents_from_padding
 from llmlab.model.layers import init_module_
+from llmlab.model.losses import causal_lm_loss
 from llmlab.model.transformer import Transformer
-
-IGNORE_INDEX = -100
 
 
 def _default(name: str) -> Any:
@@ -243,17 +241,6 @@ class LlmlabForCausalLM(LlmlabPreTrainedModel, GenerationMixin):
         if attention_mask is not None:
             model_inputs["attention_mask"] = attention_mask
         return model_inputs
-
-
-def causal_lm_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting labels[t+1] from position t, in float32; -100 ignored."""
-    logits_NV = logits_BLV[:, :-1].float().flatten(0, 1)
-    return F.cross_entropy(logits_NV, labels_BL[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
-
-
-def token_cross_entropy(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of labels[t] at position t (masked LM, seq2seq), in float32; -100 ignored."""
-    return F.cross_entropy(logits_BLV.float().flatten(0, 1), labels_BL.flatten(), ignore_index=IGNORE_INDEX)
 
 
 def documents_from_mask(attention_mask_BL: torch.Tensor | None) -> torch.Tensor | None:

@@ -17,13 +17,8 @@ from transformers.modeling_outputs import MaskedLMOutput
 from transformers.utils import ModelOutput
 
 from llmlab.model.encoder import EncoderForPreTraining, PreTrainingLogits
-from llmlab.model.hf import (
-    LlmlabConfig,
-    LlmlabPreTrainedModel,
-    documents_from_mask,
-    refuse_cache,
-    token_cross_entropy,
-)
+from llmlab.model.hf import LlmlabConfig, LlmlabPreTrainedModel, documents_from_mask, refuse_cache
+from llmlab.model.losses import mean_token_loss
 
 
 class _LlmlabEncoderModel(LlmlabPreTrainedModel):
@@ -69,7 +64,7 @@ class LlmlabForMaskedLM(_LlmlabEncoderModel):
         """Logits [B, L, V]; with labels [B, L] (-100 where not masked) the mean cross-entropy of
         the masked positions in float32. Extra keyword arguments (return_dict, ...) are ignored."""
         logits = self._logits(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
-        loss = None if labels is None else token_cross_entropy(logits.mlm_BLV, labels)
+        loss = None if labels is None else mean_token_loss(logits.mlm_BLV, labels)
         return MaskedLMOutput(loss=loss, logits=logits.mlm_BLV)
 
 
@@ -104,7 +99,7 @@ class LlmlabForPreTraining(_LlmlabEncoderModel):
         next-sentence loss, both mean cross-entropies in float32; loss is the sum of those given.
         """
         logits = self._logits(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
-        mlm_loss = None if labels is None else token_cross_entropy(logits.mlm_BLV, labels)
+        mlm_loss = None if labels is None else mean_token_loss(logits.mlm_BLV, labels)
         nsp_loss = None
         if next_sentence_label is not None:
             nsp_loss = F.cross_entropy(logits.nsp_B2.float(), next_sentence_label.flatten())

@@ -14,14 +14,9 @@ from torch import nn
 from transformers import AutoModelForSeq2SeqLM, GenerationMixin
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
-from llmlab.model.hf import (
-    IGNORE_INDEX,
-    LlmlabConfig,
-    LlmlabPreTrainedModel,
-    documents_from_mask,
-    refuse_cache,
-    token_cross_entropy,
-)
+from llmlab.conventions import IGNORE_INDEX
+from llmlab.model.hf import LlmlabConfig, LlmlabPreTrainedModel, documents_from_mask, refuse_cache
+from llmlab.model.losses import mean_token_loss
 from llmlab.model.seq2seq import EncoderDecoder
 
 
@@ -113,7 +108,7 @@ class LlmlabForSeq2SeqLM(LlmlabPreTrainedModel, GenerationMixin):
         logits_BTV = self.model.decode(
             decoder_input_ids, memory_BSD, document_ids, decoder_inputs_embeds=decoder_inputs_embeds
         )
-        loss = None if labels is None else token_cross_entropy(logits_BTV, labels)
+        loss = None if labels is None else mean_token_loss(logits_BTV, labels)
         return Seq2SeqLMOutput(loss=loss, logits=logits_BTV, encoder_last_hidden_state=memory_BSD)
 
     @classmethod

@@ -23,13 +23,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from llmlab.conventions import CONFIG_FILE, META_FILE, MLFLOW_SCHEMES, SHARDS_DIR, TOKENIZER_FILE
 from llmlab.model.config import ModelConfig
 from llmlab.model.transformer import Transformer
-
-MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
-CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
-CHECKPOINT_META = "meta.json"  # llmlab.train.checkpoint.META_FILE (not imported: that pulls in DCP)
 
 
 class PretrainedError(ValueError):
@@ -88,7 +84,7 @@ def _tokenizer_in(folder: Path) -> Tokenizer | None:
 
 
 def _checkpoint_config(folder: Path, ref: str) -> ModelConfig:
-    meta = json.loads((folder / CHECKPOINT_META).read_text())
+    meta = json.loads((folder / META_FILE).read_text())
     if "model" not in meta:
         raise PretrainedError(
             f"{ref}: this checkpoint predates model descriptions in checkpoints; "
@@ -99,10 +95,12 @@ def _checkpoint_config(folder: Path, ref: str) -> ModelConfig:
 
 def _kind(folder: Path, ref: str) -> str:
     """What the folder holds: "checkpoint" (an llmlab Train checkpoint), "llmlab" or "llama"."""
-    if (folder / CHECKPOINT_META).is_file() and (folder / "dcp").is_dir():
+    if (folder / META_FILE).is_file() and (folder / SHARDS_DIR).is_dir():
         return "checkpoint"
     if not (folder / CONFIG_FILE).is_file():
-        raise PretrainedError(f"{ref}: holds neither a model (config.json) nor an llmlab checkpoint (meta.json, dcp/)")
+        raise PretrainedError(
+            f"{ref}: holds neither a model ({CONFIG_FILE}) nor an llmlab checkpoint ({META_FILE}, {SHARDS_DIR}/)"
+        )
     model_type = json.loads((folder / CONFIG_FILE).read_text()).get("model_type")
     if model_type not in ("llmlab", "llama"):
         raise PretrainedError(f"{ref}: model_type {model_type!r} is neither llmlab nor llama; llmlab loads only those")

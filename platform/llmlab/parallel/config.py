@@ -11,12 +11,18 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from llmlab.section import Ignored, Section
 
 Strategy = Literal["ddp", "zero1", "zero2", "zero3", "fsdp", "tp", "pp", "mesh"]
 # Mesh dimension names, outermost first (torchtitan's order: pipeline stages talk least often,
 # tensor-parallel ranks most, so tp is innermost and lands on ranks of one node).
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
+# The options of each kind of parallelism, which any other layout ignores.
+FSDP_OPTIONS = ("mixed_precision", "cpu_offload")
+TP_OPTIONS = ("sequence_parallel", "loss_parallel")
+PP_OPTIONS = ("pp_schedule", "pp_stages_per_rank", "pp_microbatches", "pp_boundaries")
 
 
 @dataclass(frozen=True)
@@ -49,9 +55,7 @@ class MeshDims:
         return " × ".join(parts) or "one process"
 
 
-class ParallelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ParallelConfig(Section):
     strategy: Strategy = Field(
         "ddp",
         description="ddp: replicate the model; zero1: ddp with the optimizer state sharded; zero2/zero3 "
@@ -104,14 +108,7 @@ class ParallelConfig(BaseModel):
 
     def dims(self, num_workers: int) -> MeshDims:
         """The mesh for `num_workers` workers; ValueError (naming the key) when they do not agree."""
-        explicit = {name: getattr(self, name) for name in MESH_DIMS if getattr(self, name) > 1}
         if self.strategy != "mesh":
-            if explicit or self.zero is not None:
-                keys = ", ".join([*explicit, *(["zero"] if self.zero is not None else [])])
-                raise ValueError(
-                    f"parallel.{next(iter(explicit), 'zero')}: {keys} apply with strategy: mesh only "
-                    f"(got strategy: {self.strategy}); set strategy: mesh or remove them"
-                )
             return _preset(self.strategy, num_workers)
         dims = MeshDims(
             pp=self.pp,
@@ -143,6 +140,26 @@ class ParallelConfig(BaseModel):
                 "(dp_shard, i.e. FSDP × TP)"
             )
         return dims
+
+    def inapplicable(self) -> dict[str, Ignored]:
+        ignored: dict[str, Ignored] = {}
+        mesh = self.strategy == "mesh"
+        if not mesh:
+            for key in (*MESH_DIMS, "zero"):
+                ignored[key] = Ignored("strategy", "strategy mesh (the dimensions as written)")
+
+        def lacks(dim: str, presets: tuple[str, ...]) -> bool:
+            return getattr(self, dim) == 1 if mesh else self.strategy not in presets
+
+        kinds = (
+            ("dp_shard", ("zero2", "zero3", "fsdp"), FSDP_OPTIONS, "FSDP2 (zero2, zero3, fsdp; mesh: dp_shard > 1)"),
+            ("tp", ("tp",), TP_OPTIONS, "tensor parallelism (strategy tp, or mesh with tp > 1)"),
+            ("pp", ("pp",), PP_OPTIONS, "pipeline parallelism (strategy pp, or mesh with pp > 1)"),
+        )
+        for dim, presets, options, applies_to in kinds:
+            if lacks(dim, presets):
+                ignored.update(dict.fromkeys(options, Ignored(dim if mesh else "strategy", applies_to)))
+        return ignored
 
     def check_options(self, dims: MeshDims) -> None:
         """Options that need a dimension this mesh lacks; ValueError naming the key."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from llmlab.section import Ignored, Section
 
 
-class TrackingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TrackingConfig(Section):
     uri: str | None = Field(
         None,
         description="MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db "
@@ -21,3 +21,8 @@ class TrackingConfig(BaseModel):
     )
     system_metrics: bool = Field(True, description="Log CPU, memory (and GPU) metrics of every node.")
     system_metrics_interval_s: float = Field(5.0, gt=0, description="Seconds between system-metric samples.")
+
+    def inapplicable(self) -> dict[str, Ignored]:
+        if self.system_metrics:
+            return {}
+        return {"system_metrics_interval_s": Ignored("system_metrics", "system_metrics true")}

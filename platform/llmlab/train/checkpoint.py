@@ -31,10 +31,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
-SHARDS_DIR = "dcp"
-TRAINER_FILE = "trainer.pt"
-META_FILE = "meta.json"
-TOKENIZER_FILE = "tokenizer.json"
+from llmlab.conventions import META_FILE, SHARDS_DIR, TOKENIZER_FILE, TRAINER_FILE
+
 # Optimizer state keyed per parameter name ("state.<name>.exp_avg"), not by position in a
 # parameter group, so that any subset of parameters (a pipeline stage) finds its own.
 _FLAT = StateDictOptions(flatten_optimizer_state_dict=True)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from llmlab.section import Section
 
 
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TrainConfig(Section):
     num_workers: int = Field(2, gt=0, description="Ray Train workers (processes); one per GPU on GPU clusters.")
     cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs each worker reserves.")
     device: Literal["auto", "cpu", "cuda"] = Field(

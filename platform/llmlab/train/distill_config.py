@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from llmlab.conventions import MLFLOW_SCHEMES
 from llmlab.parallel.config import MeshDims
+from llmlab.section import Ignored, Section
 
-MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 
-
-class DistillConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DistillConfig(Section):
     teacher: str | None = Field(
         None,
         description="The teacher: an MLflow model URI (runs:/<run id>/model, models:/<name>/<version>), or a "
@@ -64,9 +62,17 @@ class DistillConfig(BaseModel):
             raise ValueError("must be a non-empty list of [student block, teacher block] pairs, each >= 0")
         return pairs
 
+    def inapplicable(self) -> dict[str, Ignored]:
+        if self.teacher is not None:
+            return {}
+        return dict.fromkeys(
+            ("alpha", "temperature", "hidden_weight", "hidden_layers"),
+            Ignored("teacher", "knowledge distillation (a distill.teacher)"),
+        )
+
     @model_validator(mode="after")
     def _hidden_needs_weight(self) -> DistillConfig:
-        if self.hidden_layers is not None and self.hidden_weight == 0:
+        if self.teacher is not None and self.hidden_layers is not None and self.hidden_weight == 0:
             raise ValueError("hidden_layers: needs hidden_weight > 0 (the term is off at 0); set distill.hidden_weight")
         return self
 

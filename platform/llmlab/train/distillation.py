@@ -32,10 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.config import ConfigError, ExperimentConfig
+from llmlab.model.losses import per_token_cross_entropy
 from llmlab.model.pretrained import load_pretrained
 from llmlab.parallel import Layout, ParallelConfig
 from llmlab.train.distill_config import DistillConfig
-from llmlab.train.objectives import Clm, LossTerms, Objective, token_cross_entropy
+from llmlab.train.objectives import Clm, LossTerms, Objective
 
 PROJECTIONS = "kd_projections"  # the student's submodule holding the hidden-state projections
 FINAL = -1  # a hidden_layers index meaning "the final norm's input" (the last hidden state)
@@ -46,26 +47,11 @@ def kd_token_losses(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(cross-entropy of the student [B, L], KL(teacher/T ‖ student/T) [B, L], scored mask [B, L]),
     float32, 0 where a target is not scored."""
-    ce_BL, scored_BL = token_cross_entropy(student_BLV, targets_BL)
+    ce_BL, scored_BL = per_token_cross_entropy(student_BLV, targets_BL)
     log_student_BLV = F.log_softmax(student_BLV.float() / temperature, dim=-1)
     log_teacher_BLV = F.log_softmax(teacher_BLV.float() / temperature, dim=-1)
     kl_BL = (log_teacher_BLV.exp() * (log_teacher_BLV - log_student_BLV)).sum(-1)
     return ce_BL, kl_BL * scored_BL, scored_BL
-
-
-def distillation_terms(
-    student_BLV: torch.Tensor,
-    teacher_BLV: torch.Tensor,
-    targets_BL: torch.Tensor,
-    alpha: float,
-    temperature: float,
-) -> LossTerms:
-    """The pre-weighted terms alpha·CE and (1 − alpha)·T²·KL, each summed per row over its scored
-    tokens (a term of weight 0 is left out)."""
-    ce_BL, kl_BL, scored_BL = kd_token_losses(student_BLV, teacher_BLV, targets_BL, temperature)
-    counts_B = scored_BL.sum(1).float()
-    sums = [weight * losses_BL.sum(1) for weight, losses_BL in _weighted(alpha, temperature, ce_BL, kl_BL)]
-    return LossTerms(torch.stack(sums, 1), counts_B[:, None].expand(-1, len(sums)))
 
 
 def _weighted(alpha: float, temperature: float, ce: torch.Tensor, kl: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
@@ -100,7 +86,8 @@ class _Taps:
 
 
 class Distillation(Objective):
-    """Clm with a teacher: the terms of `distillation_terms`, plus hidden-state matching."""
+    """Clm with a teacher: the pre-weighted terms alpha·CE and (1 − alpha)·T²·KL (a term of weight 0
+    left out), plus hidden-state matching, each summed per row over its scored tokens."""
 
     def __init__(self, base: Clm, teacher: nn.Module, config: DistillConfig, student: nn.Module) -> None:
         super().__init__()

@@ -16,9 +16,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from llmlab.model.losses import mean_token_loss, per_token_cross_entropy
 from llmlab.parallel import Parallelised
 from llmlab.train.config import TrainConfig
-from llmlab.train.objectives import Clm, Objective, mean_token_loss, token_cross_entropy
+from llmlab.train.objectives import Clm, Objective
 from llmlab.train.rows import CONCAT, RowFormat
 
 # Step index (0-based) → this rank's micro-batches of shard rows, each (micro_batch, row_len).
@@ -64,7 +65,7 @@ def token_losses(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss of each target [B, L] in float32, 0 where unscored; scored mask [B, L]) of rows [B, L+1]."""
     batch = row_format.split(rows)
-    return token_cross_entropy(model(batch.inputs_BL, **batch.model_kwargs()), batch.targets_BL)
+    return per_token_cross_entropy(model(batch.inputs_BL, **batch.model_kwargs()), batch.targets_BL)
 
 
 def next_token_loss(model: nn.Module, rows: torch.Tensor, row_format: RowFormat = CONCAT) -> torch.Tensor:

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import DTensor
 
+from llmlab.conventions import IGNORE_INDEX
 from llmlab.data.distill.soft_labels import decode_rows, soft_cross_entropy
 from llmlab.model.encoder import documents_from_padding
+from llmlab.model.losses import per_token_cross_entropy
 from llmlab.model.masks import documents_from_separators
-from llmlab.train.rows import CONCAT, IGNORE_INDEX, RowFormat
+from llmlab.train.rows import CONCAT, RowFormat
 
 
 @dataclass(frozen=True)
@@ -48,27 +49,9 @@ class LossTerms:
         return (self.sums_BK / self.counts_BK.clamp(min=1)).sum(1)
 
 
-def token_cross_entropy(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cross-entropy of every label [B, L] in float32, 0 where unscored; scored mask [B, L])."""
-    losses_N = F.cross_entropy(
-        logits_BLV.float().flatten(0, 1), labels_BL.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    if isinstance(losses_N, DTensor):  # vocabulary-sharded logits under loss_parallel(): losses replicated
-        losses_N = losses_N.full_tensor()
-    losses_BL = losses_N.view(labels_BL.shape)
-    return losses_BL, labels_BL != IGNORE_INDEX
-
-
-def mean_token_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the scored labels, float32 (a pipeline's last stage scores each
-    microbatch with it)."""
-    losses_BL, scored_BL = token_cross_entropy(logits_BLV, labels_BL)
-    return losses_BL.sum() / scored_BL.sum().clamp(min=1)
-
-
 def _token_terms(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy of each row over its scored labels, scored labels per row), float32."""
-    losses_BL, scored_BL = token_cross_entropy(logits_BLV, labels_BL)
+    losses_BL, scored_BL = per_token_cross_entropy(logits_BLV, labels_BL)
     return losses_BL.sum(1), scored_BL.sum(1).float()
 
 

@@ -16,10 +16,10 @@ from typing import Literal
 
 import torch
 
+from llmlab.conventions import IGNORE_INDEX
 from llmlab.model.masks import documents_from_separators
 
 Packing = Literal["concat", "documents", "padded"]
-IGNORE_INDEX = -100  # targets with this id are not scored (torch's cross_entropy default)
 
 
 @dataclass(frozen=True)

@@ -24,21 +24,23 @@ from torch import nn
 
 from llmlab import parallel
 from llmlab.config import ExperimentConfig
+from llmlab.conventions import TOKENIZER_FILE
 from llmlab.data.mixture import DomainExhausted
 from llmlab.data.sampler import GlobalBatchSampler
 from llmlab.data.shards import TokenShards, join, read_text
 from llmlab.finetune.classify import Classification, accuracy, balanced_weights, label_heldout, row_classes
 from llmlab.finetune.methods import HeadSpec, apply_finetune
 from llmlab.model import build_model
+from llmlab.model.losses import mean_token_loss
 from llmlab.model.pretrained import load_pretrained
 from llmlab.tracking.metrics import MetricLogger, system_metrics
 from llmlab.train.batches import rank_batches
-from llmlab.train.checkpoint import TOKENIZER_FILE, load_checkpoint, load_data_state, save_checkpoint
+from llmlab.train.checkpoint import load_checkpoint, load_data_state, save_checkpoint
 from llmlab.train.distillation import Distillation, distil
 from llmlab.train.evaluate import OVERALL, evaluate, load_heldout
 from llmlab.train.loop import StepMetrics, train
 from llmlab.train.mixing import MixedBatches
-from llmlab.train.objectives import Objective, build_objective, mean_token_loss
+from llmlab.train.objectives import Objective, build_objective
 from llmlab.train.optim import apply_hyperparameters, build_optimizer, build_scheduler, decaying_groups
 from llmlab.train.progress import format_progress
 from llmlab.train.rows import RowFormat

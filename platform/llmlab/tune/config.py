@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from llmlab.section import Ignored, Section
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
 
-class Distribution(BaseModel):
+class Distribution(Section):
     """One dimension of the search space: exactly one of the keys below."""
-
-    model_config = ConfigDict(extra="forbid")
 
     grid: list[Any] | None = Field(None, description="Every value, each in its own trials (a grid axis).")
     choice: list[Any] | None = Field(None, description="One value drawn at random per sample.")
@@ -55,10 +55,15 @@ class Distribution(BaseModel):
         return [low, high - 1] if self.kind == "randint" else [low, high]
 
 
-class SweepConfig(BaseModel):
-    """A Ray Tune sweep over dotted config paths; each trial is a whole training run."""
+# The options of each scheduler, which the others ignore.
+SCHEDULER_OPTIONS = {
+    "asha": ("grace_steps", "reduction_factor"),
+    "pbt": ("perturbation_steps", "quantile_fraction", "resample_probability", "synchronous"),
+}
 
-    model_config = ConfigDict(extra="forbid")
+
+class SweepConfig(Section):
+    """A Ray Tune sweep over dotted config paths; each trial is a whole training run."""
 
     space: dict[str, Distribution] = Field(
         default_factory=dict,
@@ -115,6 +120,13 @@ class SweepConfig(BaseModel):
     name: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.\-]+$", description="Sweep name (the MLflow parent run); null: file + time."
     )
+
+    def inapplicable(self) -> dict[str, Ignored]:
+        ignored: dict[str, Ignored] = {}
+        for scheduler, options in SCHEDULER_OPTIONS.items():
+            if self.scheduler != scheduler:
+                ignored.update(dict.fromkeys(options, Ignored("scheduler", f"scheduler {scheduler}")))
+        return ignored
 
     @model_validator(mode="after")
     def _no_seed_in_space(self) -> SweepConfig:

@@ -22,9 +22,9 @@ import ray.train
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Queue
 
+from llmlab.conventions import POINTER_FILE
 from llmlab.train.trainer import StartFrom, checkpoint_uri
 
-POINTER_FILE = "train_checkpoint.json"
 # The step as the scheduler reads it: in every report but the run's last, where a decision to copy
 # another trial's state would only restart a finished run.
 DECISION_STEP = "decision_step"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from llmlab.config import ConfigError, ExperimentConfig, set_path, validate_experiment
+from llmlab.config import ConfigError, ExperimentConfig, delete_path, set_path, validate_experiment
 from llmlab.tune.config import Distribution, SweepConfig
 
 SEED_PATH = "train.seed"
@@ -111,13 +111,19 @@ def pbt_mutations(sweep: SweepConfig) -> dict[str, Any]:
 
 
 def trial_experiment(base: dict[str, Any], overrides: dict[str, Any], seed: int | None = None) -> ExperimentConfig:
-    """The experiment of one trial: the base config with the trial's values (and seed) set."""
+    """The experiment of one trial: the base config with the trial's values (and seed) set. Options
+    of the base that the trial's mode ignores (a sweep over data.mixture.policy sets both `stages` and
+    `online`) are left out; one that the trial's own values set is refused."""
     raw = copy.deepcopy(base)
     raw.pop("sweep", None)  # a trial is a plain run
     for path, value in overrides.items():
         set_path(raw, path, value)
     if seed is not None:
         set_path(raw, SEED_PATH, seed)
+    for setting in validate_experiment(raw, list_inapplicable=True).settings_ignored():
+        if any(f"{setting.path}.".startswith(f"{path}.") for path in overrides):
+            raise ConfigError(setting.path, setting.message())
+        delete_path(raw, setting.path)
     return validate_experiment(raw)
 
 

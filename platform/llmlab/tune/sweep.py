@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from llmlab.cluster import cluster_has_gpus, connect_ray, quiet_data_progress
 from llmlab.config import ConfigError, ExperimentConfig, flatten, to_yaml
+from llmlab.conventions import CONFIG_ARTIFACT
 from llmlab.data.config import DataConfig, shard_key
 from llmlab.data.objectives import ObjectiveConfig
 from llmlab.experiment import (
@@ -79,8 +80,13 @@ def run_sweep(
     check_reachable(store)
     storage = resolve_storage(exp.train.storage_path)
     # Trials run in other working directories (and nodes): they get the resolved store and storage.
-    pinned = trial_experiment(exp.to_raw(), {"tracking.uri": store.uri, "train.storage_path": storage})
-    exp = pinned.model_copy(update={"sweep": exp.sweep})
+    # (Copied, not validated again as a trial: the base keeps options that only some trials' modes use.)
+    exp = exp.model_copy(
+        update={
+            "tracking": exp.tracking.model_copy(update={"uri": store.uri}),
+            "train": exp.train.model_copy(update={"storage_path": storage}),
+        }
+    )
     if "://" not in storage:
         Path(storage).mkdir(parents=True, exist_ok=True)
     # The trials' data is built here, so it must use the tokenizer that trained models fix.
@@ -103,7 +109,7 @@ def run_sweep(
     )
     with marks_failure(client, parent_id):
         log_params(client, parent_id, flatten(exp))
-        client.log_text(parent_id, strip_userinfo(to_yaml(exp)), "config.yaml")
+        client.log_text(parent_id, strip_userinfo(to_yaml(exp)), CONFIG_ARTIFACT)
         client.set_tag(parent_id, SWEEP_TAG, "parent")
         for data, objective in data_settings:
             _prepare(data, objective, storage, name, say)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from llmlab.section import Section
 
 
-class NormalizeConfig(BaseModel):
+class NormalizeConfig(Section):
     """How text is normalised before hashing (exact dedup) and shingling (near dedup)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     unicode_nfkc: bool = Field(True, description="Apply Unicode NFKC normalisation.")
     lowercase: bool = Field(True, description="Lower-case the text.")
@@ -18,9 +18,7 @@ class NormalizeConfig(BaseModel):
     collapse_whitespace: bool = Field(True, description="Turn runs of whitespace into one space and trim.")
 
 
-class DedupConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DedupConfig(Section):
     enabled: bool = Field(False, description="Run dedup inside an experiment (llmlab dedup always runs it).")
     exact: bool = Field(True, description="Drop rows whose normalised text hashes equal an earlier kept row's.")
     near: bool = Field(True, description="Drop near duplicates found by MinHash LSH.")

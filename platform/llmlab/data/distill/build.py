@@ -19,6 +19,7 @@ import pyarrow.fs as pafs
 import torch
 
 from llmlab.config import ConfigError
+from llmlab.conventions import MANIFEST_FILE, TOKENIZER_FILE
 from llmlab.data.distill.config import DatasetDistillConfig
 from llmlab.data.distill.output import copy_beside, save_synthetic, write_rows
 from llmlab.data.distill.scores import (
@@ -30,11 +31,10 @@ from llmlab.data.distill.scores import (
 )
 from llmlab.data.distill.soft_labels import encode_rows, reference_logits, soft_layout, top_k_targets
 from llmlab.data.distill.synthetic import initial_set, learn_synthetic, matching_objective, token_rows
-from llmlab.data.shards import MANIFEST_NAME, Manifest, TokenShards, join, resolve
+from llmlab.data.shards import Manifest, TokenShards, join, resolve
 from llmlab.model import ModelConfig
 
 FIELD = "data.distill"
-TOKENIZER_NAME = "tokenizer.json"  # llmlab.data.pipeline.TOKENIZER_NAME (not imported: that pulls in Ray)
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,15 @@ def distilled_data(
     `tracking_uri` is the MLflow store a `reference` given as an MLflow model URI is read from."""
     source = Manifest.load(source_uri)
     if cfg.path is not None:
-        uri = cfg.path if cfg.path.endswith(".json") else join(cfg.path, MANIFEST_NAME)
+        uri = cfg.path if cfg.path.endswith(".json") else join(cfg.path, MANIFEST_FILE)
         try:
             manifest = Manifest.load(uri)
         except FileNotFoundError:
-            raise ConfigError(f"{FIELD}.path", f"no distilled set at {cfg.path} (no {MANIFEST_NAME})") from None
+            raise ConfigError(f"{FIELD}.path", f"no distilled set at {cfg.path} (no {MANIFEST_FILE})") from None
         _check_compatible(manifest, source, f"{FIELD}.path")
         return DistillResult(uri, manifest, manifest.config.get("distill", {}).get("report", {}), built=False)
     out_dir = out_dir or default_dir(cfg, model_cfg, source_uri, storage)
-    uri = join(out_dir, MANIFEST_NAME)
+    uri = join(out_dir, MANIFEST_FILE)
     settings = cfg.model_dump(mode="json", exclude={"path"})
     if _exists(uri):
         manifest = Manifest.load(uri)
@@ -215,8 +215,8 @@ def build(
     manifest.config["distill"] = {"settings": cfg.model_dump(mode="json", exclude={"path"}), "report": report}
     manifest.config["source"] = source_uri
     # Training reads the tokenizer beside the shards (checkpoints carry it): the source's.
-    copy_beside(source_uri, out_dir, TOKENIZER_NAME)
-    manifest.save(join(out_dir, MANIFEST_NAME))
+    copy_beside(source_uri, out_dir, TOKENIZER_FILE)
+    manifest.save(join(out_dir, MANIFEST_FILE))
     shards.close()
     say(f"wrote {cfg.k} sequences to {out_dir}: " + ", ".join(f"{key} {value}" for key, value in report.items()))
     return manifest, report

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from llmlab.section import Ignored, Section
 
 SELECTIONS = ("random", "loss", "el2n")
 SYNTHETIC = ("distribution", "gradient")
@@ -17,12 +19,10 @@ SYNTHETIC = ("distribution", "gradient")
 DEFAULT_KEEP = {"loss": "lowest", "el2n": "highest"}
 
 
-class DatasetDistillConfig(BaseModel):
+class DatasetDistillConfig(Section):
     """How to reduce the training sequences to `k`: a selection of real ones (random, lowest or
     highest loss under a reference model, EL2N) or k synthetic sequences learned in embedding space
     (distribution or gradient matching), written as token shards that training reads directly."""
-
-    model_config = ConfigDict(extra="forbid")
 
     method: Literal["random", "loss", "el2n", "distribution", "gradient"] = Field(
         "random",
@@ -93,23 +93,35 @@ class DatasetDistillConfig(BaseModel):
         1.0, gt=0, description="soft: temperature of the reference's softmax (above 1 flattens it)."
     )
 
+    def inapplicable(self) -> dict[str, Ignored]:
+        method, soft = self.method, self.labels == "soft"
+        ignored: dict[str, Ignored] = {}
+
+        def ignore(options: tuple[str, ...], applies_to: str, mode: str = "method") -> None:
+            ignored.update(dict.fromkeys(options, Ignored(mode, applies_to)))
+
+        if method not in DEFAULT_KEEP:
+            ignore(("keep",), "methods loss and el2n")
+        if method != "el2n":
+            ignore(("el2n_steps", "el2n_seeds"), "method el2n")
+        if method != "loss" and not soft:
+            ignore(("reference",), "method loss and soft labels (the model that scores or labels)")
+        if method in ("random", "el2n") and not soft:
+            ignore(("reference_steps",), "the reference model of loss, soft labels, distribution and gradient")
+        if method == "random" and not soft:
+            ignore(("batch_size", "lr"), "the models that every method but random with hard labels trains")
+        if not self.synthetic:
+            ignore(("steps", "synthetic_lr", "real_batch"), "methods distribution and gradient")
+        if method != "gradient":
+            ignore(("inner_steps", "inner_lr"), "method gradient")
+        if not soft:
+            ignore(("label_top_k", "label_temperature", "label_lr"), "labels soft", mode="labels")
+        elif method != "gradient":
+            ignore(("label_lr",), "method gradient with soft labels (which learns the labels)")
+        return ignored
+
     @model_validator(mode="after")
-    def _keep_applies(self) -> DatasetDistillConfig:
-        if self.keep is not None and self.method not in DEFAULT_KEEP:
-            raise ValueError(f"keep: applies to loss and el2n, not {self.method}; remove it")
-        if self.reference is not None and self.method != "loss" and self.labels == "hard":
-            raise ValueError(
-                f"reference: is the model that scores `loss` or gives soft labels, not {self.method}'s hard "
-                "labels; remove it or set labels: soft"
-            )
-        soft_options = ("label_top_k", "label_temperature", "label_lr")
-        # Compared with the defaults, not by which were given: a dumped config (a worker's) names them all.
-        if self.labels == "hard" and any(
-            getattr(self, name) != type(self).model_fields[name].default for name in soft_options
-        ):
-            raise ValueError(
-                "label_top_k/label_temperature/label_lr: apply to labels: soft; remove them or set labels: soft"
-            )
+    def _pool_holds_k(self) -> DatasetDistillConfig:
         if self.pool is not None and self.pool < self.k:
             raise ValueError(f"pool: must be at least k={self.k} (got {self.pool})")
         return self

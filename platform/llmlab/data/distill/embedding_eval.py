@@ -26,8 +26,8 @@ from llmlab.data.distill.scores import sequence_losses
 from llmlab.data.sampler import GlobalBatchSampler
 from llmlab.data.shards import Manifest, TokenShards, join
 from llmlab.model import ModelConfig, Transformer, build_model
+from llmlab.model.losses import mean_token_loss
 from llmlab.train.config import TrainConfig
-from llmlab.train.objectives import mean_token_loss
 from llmlab.train.optim import build_optimizer, build_scheduler
 
 

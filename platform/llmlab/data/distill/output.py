@@ -11,9 +11,8 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
-from llmlab.data.shards import MANIFEST_NAME, Manifest, ShardInfo, join, resolve
-
-SYNTHETIC_NAME = "synthetic.pt"
+from llmlab.conventions import MANIFEST_FILE, SYNTHETIC_FILE
+from llmlab.data.shards import Manifest, ShardInfo, join, resolve
 
 
 def write_rows(
@@ -57,7 +56,7 @@ def write_rows(
         layout=layout or source.layout,
         row_len=row_len if layout else source.row_len,
     )
-    manifest.save(join(out_dir, MANIFEST_NAME))
+    manifest.save(join(out_dir, MANIFEST_FILE))
     return manifest
 
 
@@ -76,7 +75,7 @@ def save_synthetic(out_dir: str, tensors: dict[str, torch.Tensor]) -> str:
     """torch.save `tensors` (plain tensors: readable with weights_only=True) as synthetic.pt."""
     buffer = io.BytesIO()
     torch.save({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, buffer)
-    uri = join(out_dir, SYNTHETIC_NAME)
+    uri = join(out_dir, SYNTHETIC_FILE)
     fs, path = resolve(uri)
     fs.create_dir(posixpath.dirname(path), recursive=True)
     with fs.open_output_stream(path) as f:
@@ -87,6 +86,6 @@ def save_synthetic(out_dir: str, tensors: dict[str, torch.Tensor]) -> str:
 def load_synthetic(out_dir: str) -> dict[str, torch.Tensor]:
     """The tensors of a synthetic set: inputs_embeds [k, L, D], labels [k, L], embedding [V, D]
     (the frozen table they live in), init_indices [k]."""
-    fs, path = resolve(join(out_dir, SYNTHETIC_NAME))
+    fs, path = resolve(join(out_dir, SYNTHETIC_FILE))
     with fs.open_input_stream(path) as f:
         return torch.load(io.BytesIO(f.read()), weights_only=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from llmlab.section import Ignored, Section
 
 Weights = dict[str, float]
 
@@ -19,10 +21,8 @@ def _check_weights(weights: Weights) -> Weights:
     return weights
 
 
-class Stage(BaseModel):
+class Stage(Section):
     """The weights from training step `step` on (or, interpolated, at that step)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     step: int = Field(ge=0, description="Training step where these weights apply.")
     weights: Weights = Field(description="Weight per domain; normalised to sum to 1, missing domains get 0.")
@@ -33,10 +33,8 @@ class Stage(BaseModel):
         return _check_weights(weights)
 
 
-class OnlineConfig(BaseModel):
+class OnlineConfig(Section):
     """Weights learned from per-domain training loss while training."""
-
-    model_config = ConfigDict(extra="forbid")
 
     method: Literal["doremi", "exp3"] = Field(
         "doremi",
@@ -55,11 +53,12 @@ class OnlineConfig(BaseModel):
         "at the first update (excess over the start).",
     )
 
+    def inapplicable(self) -> dict[str, Ignored]:
+        return {} if self.method == "doremi" else {"reference_losses": Ignored("method", "method doremi")}
 
-class MixtureConfig(BaseModel):
+
+class MixtureConfig(Section):
     """Sampling weights per domain: fixed, staged, or learned online."""
-
-    model_config = ConfigDict(extra="forbid")
 
     policy: Literal["static", "stages", "online"] = Field(
         "static", description="static: `weights` throughout; stages: `stages`; online: learned from loss."
@@ -81,6 +80,18 @@ class MixtureConfig(BaseModel):
     @classmethod
     def _positive(cls, weights: Weights | None) -> Weights | None:
         return None if weights is None else _check_weights(weights)
+
+    def inapplicable(self) -> dict[str, Ignored]:
+        stages = Ignored("policy", "policy stages")
+        by_policy = {
+            "static": {"stages": stages, "interpolate": stages, "online": Ignored("policy", "policy online")},
+            "stages": {
+                "weights": Ignored("policy", "policies static and online (their fixed or starting weights)"),
+                "online": Ignored("policy", "policy online"),
+            },
+            "online": {"stages": stages, "interpolate": stages},
+        }
+        return by_policy[self.policy]
 
     @model_validator(mode="after")
     def _stages_fit_the_policy(self) -> MixtureConfig:

@@ -17,7 +17,7 @@ inputs and losses. The heads are in `llmlab.model.encoder` (EncoderForPreTrainin
 `llmlab.model.seq2seq` (EncoderDecoder).
 """
 
-from llmlab.data.objectives.common import IGNORE_INDEX, Vocab, document_rng
+from llmlab.data.objectives.common import Vocab, document_rng
 from llmlab.data.objectives.config import (
     DeletionConfig,
     InfillingConfig,
@@ -40,7 +40,6 @@ from llmlab.data.objectives.nsp import IS_NEXT, IS_RANDOM, next_sentence_pair, n
 from llmlab.data.objectives.sentences import sentence_end_table, sentence_starts, split_sentences
 
 __all__ = [
-    "IGNORE_INDEX",
     "IS_NEXT",
     "IS_RANDOM",
     "DeletionConfig",

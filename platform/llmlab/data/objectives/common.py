@@ -9,7 +9,6 @@ from tokenizers import Tokenizer
 
 from llmlab.data.tokenizer import EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
 
-IGNORE_INDEX = -100  # label of positions without a loss (torch's cross_entropy ignore_index default)
 # Separates the objectives' random streams from any other use of (seed, epoch, index).
 _STREAM = 0x0B1EC7
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from llmlab.section import Ignored, Section
 
 ObjectiveName = Literal["clm", "mlm", "nsp", "sentence_permutation", "infilling", "token_deletion", "document_rotation"]
 ArchitectureName = Literal["decoder", "encoder", "encoder_decoder"]
@@ -42,11 +44,7 @@ ARCHITECTURE: dict[str, ArchitectureName] = {
 }
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class MlmConfig(_Section):
+class MlmConfig(Section):
     """BERT's masked LM: select tokens, then replace most with the mask token."""
 
     mask_prob: float = Field(0.15, gt=0, lt=1, description="Share of (non-special) tokens selected for the loss.")
@@ -68,7 +66,7 @@ class MlmConfig(_Section):
         return 1.0 - self.random_share - self.keep_share
 
 
-class NspConfig(_Section):
+class NspConfig(Section):
     """BERT's next-sentence prediction: is segment B the text that follows segment A?"""
 
     random_next_prob: float = Field(
@@ -76,20 +74,20 @@ class NspConfig(_Section):
     )
 
 
-class InfillingConfig(_Section):
+class InfillingConfig(Section):
     """BART's text infilling: Poisson-length spans, each replaced by one mask token."""
 
     mask_ratio: float = Field(0.3, gt=0, lt=1, description="Share of a document's tokens covered by spans.")
     poisson_lambda: float = Field(3.0, gt=0, description="Mean span length (Poisson λ); 0-length spans insert a mask.")
 
 
-class DeletionConfig(_Section):
+class DeletionConfig(Section):
     """BART's token deletion: tokens removed, the model must find where."""
 
     rate: float = Field(0.1, gt=0, lt=1, description="Chance that each token is deleted.")
 
 
-class ObjectiveConfig(_Section):
+class ObjectiveConfig(Section):
     """The pre-training objective(s) and each transform's settings (see the module docstring)."""
 
     type: list[ObjectiveName] = Field(
@@ -129,17 +127,9 @@ class ObjectiveConfig(_Section):
             raise ValueError(f"mixes objectives of different architectures ({by_family}); choose one family")
         return sorted(names, key=OBJECTIVE_ORDER.index)
 
-    @model_validator(mode="after")
-    def _sections_used(self) -> ObjectiveConfig:
-        for section in ("mlm", "nsp", "infilling", "token_deletion"):
-            # Defaults are allowed (a dumped config lists every section, and must validate again).
-            changed = getattr(self, section) != type(self).model_fields[section].default_factory()
-            if section in self.model_fields_set and changed and section not in self.type:
-                raise ValueError(
-                    f"{section}: is set but type does not include {section} (type: {', '.join(self.type)}); "
-                    f"add it to type or remove the section"
-                )
-        return self
+    def inapplicable(self) -> dict[str, Ignored]:
+        sections = ("mlm", "nsp", "infilling", "token_deletion")
+        return {name: Ignored("type", f"type {name}") for name in sections if name not in self.type}
 
     @property
     def architecture(self) -> ArchitectureName:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmlab.data.objectives.common import IGNORE_INDEX, Vocab
+from llmlab.conventions import IGNORE_INDEX
+from llmlab.data.objectives.common import Vocab
 from llmlab.data.objectives.config import MlmConfig
 
 

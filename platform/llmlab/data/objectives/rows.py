@@ -26,7 +26,8 @@ import hashlib
 
 import numpy as np
 
-from llmlab.data.objectives.common import IGNORE_INDEX, Vocab, document_rng
+from llmlab.conventions import IGNORE_INDEX
+from llmlab.data.objectives.common import Vocab, document_rng
 from llmlab.data.objectives.config import ObjectiveConfig
 from llmlab.data.objectives.denoising import denoise
 from llmlab.data.objectives.masking import mask_tokens
