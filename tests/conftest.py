@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from llmlab.cluster import PREEMPTION_WATCHER_SWITCH
+
 
 @pytest.fixture(scope="session")
 def ray_session():
@@ -24,6 +26,7 @@ def ray_session():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    os.environ.setdefault(PREEMPTION_WATCHER_SWITCH, "0")  # as `llmlab run` sets it for a local Ray
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=6, object_store_memory=768 * 2**20, dashboard_host="127.0.0.1")
@@ -82,6 +85,11 @@ def _prepare_cli_folder(folder: Path, store: Path, shards: Path) -> None:
     shutil.copy(store, folder / "mlflow.db")
     (folder / "results").mkdir(exist_ok=True)
     (folder / "results" / "_tokenized").symlink_to(shards)
+
+
+# The data of every tiny run (the e2e runs, sweeps, jobs): one token-shard build in the session's cache
+# serves them all (mixing and unpadding are not part of its key).
+TINY_DATA = {"seq_len": 32, "vocab_size": 512, "demo_docs_per_domain": 150, "heldout_fraction": 0.02}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUICKSTART_STEPS, QuickstartRun
+from conftest import QUICKSTART_STEPS, TINY_DATA, QuickstartRun
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def tiny_experiment(folder: Path, max_steps: int, mixture: str = "null", workers
     path = folder / "tiny.yaml"
     path.write_text(
         f"""
-data: {{seq_len: 32, vocab_size: 512, demo_docs_per_domain: 150, mixture: {mixture}}}
+data: {{{", ".join(f"{key}: {value}" for key, value in TINY_DATA.items())}, mixture: {mixture}}}
 model: {{d_model: 32, n_layers: 2, n_heads: 2, dropout: 0.1}}
 train: {{num_workers: {workers}, max_steps: {max_steps}, batch_size: 8, lr: 0.003, warmup_steps: 5,
          log_every: 5, checkpoint_every: 10}}
@@ -355,12 +355,9 @@ def test_the_attention_ablations_alternating_layers_train_unpadded(llmlab_cli, t
     local layers) on unpadded rows (document masks from the tokenizer's EOS, which the driver hands
     the workers): held-out loss at its evaluations, the pattern and packing in the run's params.
     (Every trial of the file's sweep is validated in test_experiments; sweeps run in test_sweep.)"""
-    overrides = [
-        "data.packing=documents",
-        "data.seq_len=64",
-        "train.num_workers=1",
-        "model.attention.pattern=[dense, local]",
-    ]
+    tiny_data = [f"data.{key}={value}" for key, value in TINY_DATA.items()]
+    pattern = ["model.attention.pattern=[dense, local]", "model.attention.window=16"]
+    overrides = [*tiny_data, "data.packing=documents", "train.num_workers=1", *pattern]
     _, client, run = tiny_ablation_run("attention", "alternating", overrides, llmlab_cli, tmp_path)
     assert run.data.params["model.attention.pattern"] == "['dense', 'local']"
     assert run.data.params["data.packing"] == "documents"

@@ -13,6 +13,7 @@ from llmlab.train.config import TrainConfig
 # runs here (20 steps: 35 s vs 2 s). Ray propagates this variable from the driver.
 _TRAIN_POLL_INTERVAL_S = "0.1"
 _IDLE_WORKER_KEEP_MS = 60_000
+PREEMPTION_WATCHER_SWITCH = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def connect_ray(cluster: ClusterConfig, train: TrainConfig, trials: int = 1) -> None:
@@ -32,6 +33,9 @@ def connect_ray(cluster: ClusterConfig, train: TrainConfig, trials: int = 1) -> 
         ray.init(address=address, logging_level=logging.WARNING)
         return
     keep_ray_on_loopback()  # a cluster of this machine alone: no port for the network to reach
+    # Ray Train's preemption watcher (an actor per run) follows node draining, which a single-machine
+    # Ray never does; it costs a process per run and prints an error line nobody can act on.
+    os.environ.setdefault(PREEMPTION_WATCHER_SWITCH, "0")
     # Ray reserves a logical CPU per Train worker; declare enough for them plus the data tasks,
     # even where the machine has fewer cores (the workers then share them).
     needed = trials * int(train.num_workers * train.cpus_per_worker + 0.999) + 2
