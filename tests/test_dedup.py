@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -202,6 +204,11 @@ def test_cli_dedups_a_jsonl_file(llmlab_cli, tmp_path) -> None:
     assert run.data.metrics["validation.rows"] == 63
 
 
+def written(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 @pytest.mark.parametrize(
     ("make_input", "overrides", "message"),
     [
@@ -209,7 +216,19 @@ def test_cli_dedups_a_jsonl_file(llmlab_cli, tmp_path) -> None:
         (lambda d: (d / "data.csv").write_text("a,b\n") and d / "data.csv", [], "format"),
         (lambda d: d / "ok.jsonl", ["thresold=0.8"], "thresold: unknown key"),
         (lambda d: d / "ok.jsonl", ["threshold=2"], "threshold"),
+        (lambda d: written(d / "empty.jsonl", b""), [], "empty.jsonl: no row in field 'text'"),
+        (
+            lambda d: written(d / "ints.jsonl", b'{"text": 5}\n{"text": 7}\n'),
+            [],
+            "ints.jsonl: none of its 2 rows is a usable document (2 not_string) in field 'text'",
+        ),
+        (
+            lambda d: written(d / "packed.jsonl", gzip.compress(b'{"text": "a"}\n')),
+            [],
+            "packed.jsonl: none of its 1 rows is a usable document (1 ",
+        ),
     ],
+    ids=["missing", "csv", "unknown-key", "bad-threshold", "empty-file", "int-texts", "gzip-bytes"],
 )
 def test_cli_errors_are_one_line(llmlab_cli, tmp_path, make_input, overrides, message) -> None:
     (tmp_path / "ok.jsonl").write_text('{"text": "a"}\n')

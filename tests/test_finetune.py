@@ -307,7 +307,7 @@ def test_lora_fine_tunes_a_classifier_of_the_domains_under_ddp(llmlab_cli, quick
         "train.warmup_steps=2",
         "train.eval_every=10",
         "train.checkpoint_every=20",
-        "train.lr=3e-3",
+        "train.lr=1e-2",
         "tracking.system_metrics=false",
         "tracking.run_name=classify",
     ]

@@ -27,7 +27,7 @@ LLMLAB = [sys.executable, "-m", "llmlab.cli"]
 TINY = """
 data: {seq_len: 32, vocab_size: 512, demo_docs_per_domain: 150}
 model: {d_model: 32, n_layers: 2, n_heads: 2}
-train: {num_workers: 2, max_steps: 10, batch_size: 8, warmup_steps: 2, log_every: 5, checkpoint_every: 10}
+train: {num_workers: 1, max_steps: 10, batch_size: 8, warmup_steps: 2, log_every: 5, checkpoint_every: 10}
 tracking: {experiment: submitted, run_name: e2e, system_metrics: false}
 """
 

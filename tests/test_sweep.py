@@ -143,16 +143,16 @@ def test_bad_tpe_sweep_is_one_line_before_anything_runs(tmp_path: Path, capsys, 
     assert "\n" not in err and err.startswith(f"error: {where}") and says in err, err
 
 
-def test_tpe_search_draws_what_optunas_own_tpe_draws(ray_session, tmp_path: Path, monkeypatch) -> None:
-    """The sweep's space and TPE searcher under Tune, with a stand-in trainable whose eval_loss is a
-    bowl around lr 1e-3 and rmsnorm, reported only at the last of its steps (as evaluations are),
-    draw exactly the trials that Optuna's own TPE sampler, seeded alike, asks for on the same space
-    when told the same losses: 10 random start-up draws, then 2 from its model of the results."""
+def test_tpe_search_draws_what_optunas_own_tpe_draws() -> None:
+    """The sweep's space and TPE searcher, driven as Tune's search loop drives it (properties from
+    the param space, then per trial: suggest, a report between evaluations without the metric, the
+    evaluated end), for a stand-in whose eval_loss is a bowl around lr 1e-3 and rmsnorm, draw
+    exactly the trials that Optuna's own TPE sampler, seeded alike, asks for on the same space when
+    told the same losses: 10 random start-up draws, then 2 from its model of the results. (Sweeps
+    run under Tune end to end below.)"""
     import math
-    import time
 
     import optuna
-    from ray import tune
 
     from llmlab.tune.space import search_algorithm, tune_space
 
@@ -166,29 +166,19 @@ def test_tpe_search_draws_what_optunas_own_tpe_draws(ray_session, tmp_path: Path
         )
     )
     check_space(exp)
-    monkeypatch.setenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # as `llmlab sweep` sets it
 
     def distance(lr: float, norm: str) -> float:
         return abs(math.log10(lr) + 3) + (norm == "layernorm")
 
-    def bowl(config: dict) -> None:
-        overrides = config["overrides"]
-        tune.report({"step": 1})  # between evaluations: no metric
-        loss = distance(overrides["train.lr"], overrides["model.norm"])
-        tune.report({"step": 2, "eval_loss": loss, "drawn_at": time.time()})
-
-    tuner = tune.Tuner(
-        bowl,
-        param_space=tune_space(exp.sweep),
-        tune_config=tune.TuneConfig(
-            search_alg=search_algorithm(exp.sweep), num_samples=samples, max_concurrent_trials=1
-        ),
-        run_config=tune.RunConfig(storage_path=str(tmp_path), name="tpe", verbose=0),
-    )
-    results = sorted(tuner.fit(), key=lambda result: result.metrics["drawn_at"])
-    assert len(results) == samples and all(result.error is None for result in results)
-    assert all(result.config["seed"] == 3 for result in results)
-    drawn = [(r.config["overrides"]["train.lr"], r.config["overrides"]["model.norm"]) for r in results]
+    searcher = search_algorithm(exp.sweep)
+    assert searcher.set_search_properties(exp.sweep.metric, exp.sweep.mode, tune_space(exp.sweep))
+    drawn = []
+    for trial_id in map(str, range(samples)):
+        config = searcher.suggest(trial_id)  # (Tune adds the space's constant seed to it)
+        lr, norm = config["overrides"]["train.lr"], config["overrides"]["model.norm"]
+        searcher.on_trial_result(trial_id, {"step": 1})  # between evaluations: no metric
+        searcher.on_trial_complete(trial_id, {"step": 2, exp.sweep.metric: distance(lr, norm)})
+        drawn.append((lr, norm))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=3))

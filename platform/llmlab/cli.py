@@ -7,18 +7,57 @@ one line, `error: <where>: <problem>`, and exit 2 — never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import sys
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from llmlab.jobs.connection import JobsError
+from llmlab.tracking.redact import strip_userinfo
 
 USAGE_ERROR = 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    with _redacted_output():
+        try:
+            return _main(argv)
+        except Exception:  # a bug, not a user mistake: its traceback, through the redacting stream
+            traceback.print_exc()
+            return 1
+
+
+class _Redacting:
+    """A text stream that writes through another with every URL's user and password removed."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(strip_userinfo(text))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _redacted_output() -> Iterator[None]:
+    """Credentials in URLs (a tracking URI with a password) never reach the terminal: what llmlab
+    prints, the lines Ray forwards from workers and tracebacks all go through the streams here."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Redacting(sys.stdout), _Redacting(sys.stderr)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may follow a command's options only where it says so (`llmlab distill-data X --k 8 a=b`).
@@ -204,12 +243,14 @@ def _run(args: argparse.Namespace) -> int:
     from llmlab.data.corpus import DataQualityError
     from llmlab.experiment import failure_summary, run_experiment
     from llmlab.tracking.store import TrackingUnavailable
+    from llmlab.train.resume import UnreadableRecord
+    from llmlab.train.safe_dcp import UnsafeCheckpoint
 
     # MLflow's INFO lines (database migrations, monitor start/stop) are noise on the terminal.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         summary = run_experiment(exp, source=args.experiment)
-    except (ConfigError, TrackingUnavailable, DataQualityError) as err:
+    except (ConfigError, TrackingUnavailable, DataQualityError, UnsafeCheckpoint, UnreadableRecord) as err:
         raise UserError(str(err)) from None
     except TrainingFailedError as err:
         # Ray has printed the workers' tracebacks above; this line says what to look for.
@@ -290,6 +331,10 @@ def _dedup(args: argparse.Namespace) -> int:
     _connect_data_ray()
     source = SourceConfig(paths=[args.input], text_field=args.text_field)
     ds, validation = read_documents([source], max_doc_chars=10**9)
+    if validation.kept == 0:  # say why, rather than that the dataset has no text column
+        dropped = ", ".join(f"{count} {reason}" for reason, count in sorted(validation.dropped.items()))
+        found = f"none of its {validation.rows} rows is a usable document ({dropped})" if validation.rows else "no row"
+        raise UserError(f"{args.input}: {found} in field {args.text_field!r}; nothing to deduplicate")
     try:
         out, report = dedup_dataset(ds.drop_columns(["domain"]), cfg)
     except DedupError as err:

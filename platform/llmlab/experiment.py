@@ -37,6 +37,7 @@ from llmlab.tracking.store import TrackingStore, check_reachable, resolve_store
 from llmlab.train.distillation import resolve_teacher
 from llmlab.train.evaluate import OVERALL
 from llmlab.train.export import export_hf
+from llmlab.train.resume import check_resume_point
 from llmlab.train.trainer import StartFrom, WorkerSpec, fit
 
 
@@ -193,6 +194,8 @@ def run_experiment(
     if "://" not in storage:
         Path(storage).mkdir(parents=True, exist_ok=True)
     exp, finetuned = adopt_pretrained(exp, store.uri, storage, say)
+    # A rerun's checkpoint is checked here, before any worker reads it (see `llmlab.train.resume`).
+    check_resume_point(f"{storage}/{trial.train_run_name(run_name)}", lambda line: say(f"[{run_name}] {line}"))
 
     connect_ray(exp.cluster, exp.train)
     quiet_data_progress()

@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 
 from llmlab.conventions import HELDOUT_DIR, MANIFEST_FILE, TOKENIZER_FILE
 from llmlab.data.config import DataConfig, shard_key
-from llmlab.data.corpus import load_corpus
+from llmlab.data.corpus import DataQualityError, load_corpus
 from llmlab.data.objectives import ObjectiveConfig, Vocab
 from llmlab.data.objectives.rows import document_key, objective_rows, row_layout, row_width
 from llmlab.data.packing import pack, pack_padded
@@ -208,10 +208,11 @@ def prepare_token_shards(
     manifest = _write_by_domain(writer, splits.train, cfg.domains, out_dir)
     manifest.heldout = heldout
     manifest.reports = splits.reports
-    if manifest.num_sequences == 0:
-        raise ValueError(
-            f"the corpus gave no training row (seq_len+1={cfg.seq_len + 1} tokens for clm) "
-            f"({manifest.input_tokens} tokens from {manifest.num_docs} documents)"
+    if manifest.num_sequences == 0:  # an empty file, or documents too short for one row
+        raise DataQualityError(
+            f"data.sources: the corpus gave no training row (a row is seq_len+1={cfg.seq_len + 1} tokens for "
+            f"clm; it has {manifest.input_tokens} tokens in {manifest.num_docs} training documents); add "
+            "documents or lower data.seq_len"
         )
     manifest.save(join(out_dir, MANIFEST_FILE))
     return tokenizer, manifest

@@ -84,6 +84,13 @@ def _tokenizer_in(folder: Path) -> Tokenizer | None:
 
 
 def _checkpoint_config(folder: Path, ref: str) -> ModelConfig:
+    from llmlab.train.checkpoint import verify_checkpoint
+    from llmlab.train.safe_dcp import BrokenCheckpoint, UnsafeCheckpoint
+
+    try:  # before anything is read from it: a checkpoint on shared storage may have been replaced
+        verify_checkpoint(folder)
+    except (UnsafeCheckpoint, BrokenCheckpoint) as err:
+        raise PretrainedError(str(err)) from None
     meta = json.loads((folder / META_FILE).read_text())
     if "model" not in meta:
         raise PretrainedError(

@@ -24,6 +24,11 @@ class MetricLogger:
         now_ms = int(time.time() * 1000)
         self._buffer.extend((key, float(value), now_ms, step) for key, value in values.items())
 
+    def last_step(self, key: str) -> int:
+        """The last step the run holds a value of `key` for (0 when none): what a resumed attempt
+        must not log again."""
+        return max((metric.step for metric in self._client.get_metric_history(self._run_id, key)), default=0)
+
     def log_param(self, key: str, value: str) -> None:
         """A param; as a tag when the run already holds another value (params are write-once, and
         a run extended past its end logs its final state again)."""

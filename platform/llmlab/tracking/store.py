@@ -52,6 +52,25 @@ def _fail_fast() -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def _creating_alone(store: TrackingStore) -> Iterator[None]:
+    """MLflow creates a new SQLite store's tables on first use; two runs starting together on a fresh
+    store would both create them (one fails: "table experiments already exists"). The first use of
+    a local store holds an exclusive lock on a file beside it, so the second waits for the tables."""
+    if not store.uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    database = Path(store.uri.removeprefix("sqlite:///"))
+    with (database.parent / f".{database.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def check_reachable(store: TrackingStore) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -63,7 +82,7 @@ def check_reachable(store: TrackingStore) -> None:
                 "point tracking.uri elsewhere"
             )
     try:
-        with _fail_fast():
+        with _fail_fast(), _creating_alone(store):
             MlflowClient(store.uri).search_experiments(max_results=1)
     except Exception as err:  # any failure here means no run can be recorded
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

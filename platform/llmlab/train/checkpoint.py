@@ -13,6 +13,7 @@ mixture's draws depend on the weight history, so its state is saved too.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -32,6 +34,14 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from llmlab.conventions import META_FILE, SHARDS_DIR, TOKENIZER_FILE, TRAINER_FILE
+from llmlab.train.safe_dcp import (
+    BrokenCheckpoint,
+    SafeLoadPlanner,
+    SafeReader,
+    UnsafeCheckpoint,
+    read_metadata,
+    verify_shards,
+)
 
 # Optimizer state keyed per parameter name ("state.<name>.exp_avg"), not by position in a
 # parameter group, so that any subset of parameters (a pipeline stage) finds its own.
@@ -116,7 +126,7 @@ def _load_optimizer(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     # ZeRO-1 reads the whole state into a plain optimizer, then keeps its own partition.
     target = _plain_copy(optimizer) if isinstance(optimizer, ZeroRedundancyOptimizer) else optimizer
     state = {"optim": get_optimizer_state_dict(model, target, options=_FLAT)}
-    dcp.load(state, checkpoint_id=directory / SHARDS_DIR)
+    _dcp_load(state, directory)
     set_optimizer_state_dict(model, target, state["optim"], options=_FLAT)
     if target is not optimizer:
         optimizer.load_state_dict(target.state_dict())
@@ -149,8 +159,52 @@ def load_checkpoint(
 def load_model_weights(directory: str | Path, model: nn.Module) -> None:
     """Load a checkpoint's weights into `model`, whole or laid out (any layout, any process count)."""
     state = {"model": get_model_state_dict(model)}
-    dcp.load(state, checkpoint_id=Path(directory) / SHARDS_DIR)
+    _dcp_load(state, Path(directory))
     set_model_state_dict(model, state["model"])
+
+
+def _dcp_load(state: dict[str, Any], directory: Path) -> None:
+    """dcp.load of the checkpoint's shards, reading nothing that could run code (`safe_dcp`); a
+    tampered file raises UnsafeCheckpoint naming it (DCP wraps every rank's failure in one
+    CheckpointException, a BaseException)."""
+    shards = directory / SHARDS_DIR
+    read_metadata(shards)  # refused here in its own words (DCP would fold it into an AssertionError)
+    try:
+        dcp.load(state, storage_reader=SafeReader(shards), planner=SafeLoadPlanner())
+    except CheckpointException as err:
+        refused = [exc for exc, _ in err.failures.values() if isinstance(exc, UnsafeCheckpoint)]
+        if refused:
+            problem = str(refused[0])
+            raise UnsafeCheckpoint(problem if problem.startswith(str(shards)) else f"{shards}: {problem}") from None
+        raise
+
+
+def verify_checkpoint(directory: str | Path) -> int:
+    """Check a checkpoint without running anything from it and return its step: the shards
+    (`safe_dcp.verify_shards`), the trainer state and RNG streams (weights_only) and meta.json.
+    UnsafeCheckpoint for content that would run code, BrokenCheckpoint for a missing, truncated
+    or unreadable file; either names the file."""
+    directory = Path(directory)
+    verify_shards(directory / SHARDS_DIR)
+    trainer_state = _plain_load(directory / TRAINER_FILE)
+    for rng_file in sorted(directory.glob("rng_rank*.pt")):
+        _plain_load(rng_file)
+    try:
+        json.loads((directory / META_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise BrokenCheckpoint(f"{directory / META_FILE}: unreadable ({str(err).splitlines()[0]})") from None
+    return int(trainer_state["step"])
+
+
+def _plain_load(file: Path) -> Any:
+    if not file.is_file():
+        raise BrokenCheckpoint(f"{file}: missing")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpoint(f"{file}: refused, not plain data ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise BrokenCheckpoint(f"{file}: unreadable ({str(err).splitlines()[0]})") from None
 
 
 def load_data_state(directory: str | Path) -> dict[str, Any] | None:

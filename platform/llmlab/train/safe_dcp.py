@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import ReadItem
 
 # (module, name) of every global a DCP `.metadata` pickle refers to (read off the checkpoints of
@@ -53,6 +53,10 @@ _METADATA_GLOBALS = frozenset(
 
 class UnsafeCheckpoint(ValueError):
     """A checkpoint file holds what a checkpoint llmlab wrote never does (code to run, on loading)."""
+
+
+class BrokenCheckpoint(ValueError):
+    """A checkpoint's file is missing, truncated or unreadable (a save that did not finish)."""
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -104,3 +108,32 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
         else:
             self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+def verify_shards(path: Path) -> None:
+    """Read a DCP folder's metadata and every non-tensor item as `SafeReader`/`SafeLoadPlanner` would,
+    and check that each shard file holds the bytes its items claim: UnsafeCheckpoint for content
+    that would run code, BrokenCheckpoint for missing or truncated files. Tensors are not read
+    (DCP reads them with `weights_only=True`)."""
+    path = Path(path)
+    if not (path / ".metadata").is_file():
+        raise BrokenCheckpoint(f"{path / '.metadata'}: missing")
+    metadata = read_metadata(path)
+    sizes: dict[str, int] = {}
+    for index, info in (metadata.storage_data or {}).items():
+        file = path / info.relative_path
+        if info.relative_path not in sizes:
+            sizes[info.relative_path] = file.stat().st_size if file.is_file() else -1
+        if sizes[info.relative_path] < info.offset + info.length:
+            state = "missing" if sizes[info.relative_path] < 0 else "truncated"
+            raise BrokenCheckpoint(f"{file}: {state} (item {index.fqn} needs {info.offset + info.length} bytes)")
+        plain = isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata)
+        if plain and not info.transform_descriptors:  # (transformed items are checked as they load)
+            with file.open("rb") as stream:
+                stream.seek(info.offset)
+                item = io.BytesIO(stream.read(info.length))
+            try:
+                torch.load(item, weights_only=True)
+            except pickle.UnpicklingError as err:
+                reason = str(err).splitlines()[0]
+                raise UnsafeCheckpoint(f"{file}: item {index.fqn} refused, not plain data ({reason})") from None

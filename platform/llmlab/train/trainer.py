@@ -199,6 +199,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     # A pipeline evaluates batches of the shape it trains on: one step's rows.
     eval_batch = micro_batch * exp.train.grad_accum if dims.pp > 1 else micro_batch
     logger = MetricLogger(spec.tracking_uri, spec.run_id) if rank == 0 else None
+    # Steps after the checkpoint that an earlier attempt (a restarted worker group, a rerun, a
+    # trial's restart) already logged are replayed exactly; MLflow keeps their first values only.
+    logged_until = max(spec.logged_until, logger.last_step("loss")) if logger is not None else 0
 
     completed: list[StepMetrics] = []  # the last finished step, for a run that stops early
 
@@ -229,7 +232,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             )
             if classify:
                 values["eval_accuracy"] = accuracy(laid_out.model, heldout, objective, eval_batch)
-        if logger is not None and metrics.step > spec.logged_until:
+        if logger is not None and metrics.step > logged_until:
             logger.log(metrics.step, values)
         is_checkpoint = metrics.step % exp.train.checkpoint_every == 0 or is_last
         if metrics.step % exp.train.log_every != 0 and not is_checkpoint and not is_eval:
