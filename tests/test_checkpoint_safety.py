@@ -171,6 +171,18 @@ def test_a_truncated_newest_checkpoint_is_set_aside_and_the_rerun_resumes_from_t
     assert said[-1] == "no intact checkpoint is left: the run starts again from step 0"
 
 
+def test_a_checkpoint_that_a_failed_save_left_half_written_is_removed(run_folder: Path) -> None:
+    """Ray registers a checkpoint once every worker has uploaded its files: one its record does not
+    name is a save cut short (a full disk), never read again; it is removed, and the others stay."""
+    unfinished = run_folder / "checkpoint_3"
+    shutil.copytree(run_folder / "checkpoint_2", unfinished)
+    (unfinished / "trainer.pt").unlink()
+    said: list[str] = []
+    assert check_resume_point(str(run_folder), said.append) == 2
+    assert said == ["removed checkpoint_3: a save that did not finish (Ray's record of the run does not name it)"]
+    assert sorted(path.name for path in run_folder.iterdir() if path.is_dir()) == ["checkpoint_1", "checkpoint_2"]
+
+
 def test_a_tampered_newest_checkpoint_stops_the_rerun_and_a_deleted_one_is_one_line(
     run_folder: Path, tmp_path: Path
 ) -> None:

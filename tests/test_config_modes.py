@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from llmlab.cli import main
@@ -270,7 +271,7 @@ def named_mode(mode: str, value: Any, option: str) -> str:
         return f"parallel.{dim}=1"
     if (mode, value) == ("data.distill.labels", "soft"):
         return "data.distill.method=random"
-    return f"{mode}={'null' if value is None else value}"
+    return f"{mode}={yaml.safe_dump(value).splitlines()[0]}"  # as YAML writes it: null, false
 
 
 @pytest.mark.parametrize(

@@ -194,6 +194,12 @@ def test_resume_after_interruption(cli_env: dict[str, str], llmlab_cli, tmp_path
     if mixture != "null":
         _check_mixture_metrics(client, run.info.run_id, ["python_docs", "package_docs"])
 
+    # The same command once more: the run is complete, nothing runs and it stays FINISHED.
+    again = llmlab_cli(*args)
+    assert again.returncode == 0 and f"MLflow run {run.info.run_id} is complete" in again.stdout, again.stdout
+    assert "parallel layout" not in again.stdout and client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert sorted(loss_by_step(client, run.info.run_id)) == list(range(1, STEPS + 1))
+
 
 def test_fsdp_survives_a_killed_worker_and_repeats_its_steps_exactly(llmlab_cli, tmp_path: Path) -> None:
     """A 2-worker FSDP (ZeRO-3) run loses a worker (SIGKILL at step 9): Ray restarts the group, which

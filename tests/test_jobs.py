@@ -194,26 +194,53 @@ def test_token_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 # --- the Ray that `llmlab run` starts ------------------------------------------------------------
 
 LOCAL_RAY = """
-import sys
+import sys, pathlib, time
 from llmlab.cluster import connect_ray
 from llmlab.config import ClusterConfig
 from llmlab.train.config import TrainConfig
-connect_ray(ClusterConfig(num_cpus=2), TrainConfig())
-import ray
+connect_ray(ClusterConfig(num_cpus=3), TrainConfig())
+import ray, ray.train, ray.train.torch
+from llmlab.train.rendezvous import torch_config
 print(ray.get_runtime_context().gcs_address, flush=True)
+folder = pathlib.Path(sys.argv[1])
+
+def train_fn(config):
+    import torch, torch.distributed as dist
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 8))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    if dist.get_rank() == 0:
+        (folder / "training").touch()
+    while True:  # steps, until the test has sampled the sockets of the whole group
+        model(torch.randn(4, 8)).square().mean().backward()
+        optimizer.step()
+        stop = torch.tensor([float((folder / "stop").exists())])
+        dist.all_reduce(stop)
+        if stop.item():
+            return
+        time.sleep(0.05)
+
+ray.train.torch.TorchTrainer(
+    train_fn,
+    torch_config=torch_config(None),
+    scaling_config=ray.train.ScalingConfig(num_workers=2),
+    run_config=ray.train.RunConfig(storage_path=str(folder / "results"), name="sockets"),
+).fit()
+print("trained", flush=True)
 sys.stdin.read()  # until the test has looked
 """
 
 
 @pytest.mark.ray
-def test_the_local_ray_of_llmlab_run_listens_on_loopback_only(tmp_path: Path) -> None:
+def test_the_local_ray_of_a_run_listens_on_loopback_only(tmp_path: Path) -> None:
+    """Ray's own processes and a 2-worker Train run's (its rendezvous store and gloo included),
+    sampled every second while the workers train: every listening socket is on loopback."""
     env = {
         key: value
         for key, value in os.environ.items()
         if key not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     }
     driver = subprocess.Popen(
-        [sys.executable, "-c", LOCAL_RAY],
+        [sys.executable, "-c", LOCAL_RAY, str(tmp_path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -224,13 +251,20 @@ def test_the_local_ray_of_llmlab_run_listens_on_loopback_only(tmp_path: Path) ->
     try:
         gcs_address = driver.stdout.readline().strip()
         assert gcs_address.startswith("127.0.0.1:"), gcs_address
-        deadline = time.monotonic() + 30  # the agents open their ports after the driver connects
-        addresses: set[tuple[str, int]] = set()
-        while len(addresses) < 5 and time.monotonic() < deadline:  # GCS, raylet (2), dashboard, agents
+        deadline = time.monotonic() + 120
+        samples: list[set[tuple[str, int]]] = []
+        training = 0  # samples taken while the group trains
+        while training < 4:
+            assert time.monotonic() < deadline and driver.poll() is None, samples
+            samples.append(listening_addresses(set(local_cluster.processes_in_sessions([driver.pid]))))
+            training += (tmp_path / "training").exists()
             time.sleep(1)
-            addresses = listening_addresses(set(local_cluster.processes_in_sessions([driver.pid])))
-        assert len(addresses) >= 5, addresses
-        assert {ip for ip, _ in addresses if not is_loopback(ip)} == set(), addresses
+        (tmp_path / "stop").touch()
+        assert driver.stdout.readline().strip() == "trained"
+        seen = set().union(*samples)
+        # GCS, raylet (2), dashboard, agents, and the group's store and gloo pairs while it trains.
+        assert len(samples[-1]) >= 7, samples[-1]
+        assert {ip for ip, _ in seen if not is_loopback(ip)} == set(), seen
     finally:
         driver.communicate("", timeout=120)
     # Ray's processes stop after the driver exits (they notice on their own, within seconds).

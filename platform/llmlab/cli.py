@@ -251,10 +251,12 @@ def _run(args: argparse.Namespace) -> int:
     try:
         summary = run_experiment(exp, source=args.experiment)
     except (ConfigError, TrackingUnavailable, DataQualityError, UnsafeCheckpoint, UnreadableRecord) as err:
-        raise UserError(str(err)) from None
+        raise UserError("\n".join([str(err), *getattr(err, "__notes__", [])])) from None
     except TrainingFailedError as err:
         # Ray has printed the workers' tracebacks above; this line says what to look for.
-        print(f"error: training failed: {failure_summary(err)}; the MLflow run is marked FAILED", file=sys.stderr)
+        notes = getattr(err, "__notes__", [])
+        marked = "" if notes else "; the MLflow run is marked FAILED"
+        print(f"error: training failed: {failure_summary(err)}{marked}", *notes, sep="\n", file=sys.stderr)
         return 1
     print(f"\n[{summary.run_name}] finished at step {summary.steps}", end="")
     if summary.first_loss is not None and summary.last_loss is not None:

@@ -56,6 +56,13 @@ class ClusterConfig(Section):
     object_store_mb: int | None = Field(
         1024, gt=0, description="Object store size of a local Ray, in MiB; null: Ray's default (30% of memory)."
     )
+    network_interface: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.:\-]+$",
+        description="Network interface (e.g. eth0, ib0) the Train workers' process group uses across "
+        "machines (GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME); null: torch's choice. On one machine the "
+        "group uses loopback only.",
+    )
 
     def inapplicable(self) -> dict[str, Ignored]:
         if self.address is None:

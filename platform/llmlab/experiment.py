@@ -32,12 +32,13 @@ from llmlab.data.tokenizer import eos_id, load_tokenizer, pad_id
 from llmlab.finetune.base import adopt_base, export_finetuned
 from llmlab.finetune.methods import Finetuned
 from llmlab.tracking.redact import job_params, strip_userinfo
-from llmlab.tracking.runs import log_params, log_report, marks_failure, open_run
-from llmlab.tracking.store import TrackingStore, check_reachable, resolve_store
+from llmlab.tracking.runs import find_complete_run, log_params, log_report, mark_complete, marks_failure, open_run
+from llmlab.tracking.spill import SpillFolder, spill_folder
+from llmlab.tracking.store import TrackingStore, check_reachable, outage_in_one_line, resolve_store
 from llmlab.train.distillation import resolve_teacher
 from llmlab.train.evaluate import OVERALL
 from llmlab.train.export import export_hf
-from llmlab.train.resume import check_resume_point
+from llmlab.train.resume import check_resume_point, latest_checkpoint, remove_unfinished
 from llmlab.train.trainer import StartFrom, WorkerSpec, fit
 
 
@@ -193,26 +194,60 @@ def run_experiment(
     storage = resolve_storage(exp.train.storage_path)
     if "://" not in storage:
         Path(storage).mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(store.uri)
+    train_run = trial.train_run_name(run_name)
+    if parent_run_id is None:  # (a sweep's trials are run again only by the sweep, when it must)
+        complete = find_complete_run(client, exp.tracking.experiment, run_name, exp.train.max_steps)
+        if complete is not None:
+            say(
+                f"[{run_name}] MLflow run {complete} is complete ({exp.train.max_steps} steps, FINISHED): "
+                "nothing to do; raise train.max_steps to continue it or set another tracking.run_name"
+            )
+            return _summary(client, complete, run_name, store, f"{storage}/{train_run}", resumed=True)
     exp, finetuned = adopt_pretrained(exp, store.uri, storage, say)
     # A rerun's checkpoint is checked here, before any worker reads it (see `llmlab.train.resume`).
-    check_resume_point(f"{storage}/{trial.train_run_name(run_name)}", lambda line: say(f"[{run_name}] {line}"))
-
-    connect_ray(exp.cluster, exp.train)
-    quiet_data_progress()
-    use_gpu = exp.train.device == "cuda" or (exp.train.device == "auto" and cluster_has_gpus())
+    resume_step = check_resume_point(f"{storage}/{train_run}", lambda line: say(f"[{run_name}] {line}"))
+    # A run whose training ended (its model or status not logged: the tracking server was down)
+    # needs no workers to finish: its last checkpoint is exported as the end of training would.
+    trained = (
+        latest_checkpoint(f"{storage}/{train_run}")
+        if resume_step is not None and resume_step >= exp.train.max_steps and parent_run_id is None
+        else None
+    )
+    use_gpu = False
+    if trained is None:
+        connect_ray(exp.cluster, exp.train)
+        quiet_data_progress()
+        use_gpu = exp.train.device == "cuda" or (exp.train.device == "auto" and cluster_has_gpus())
     if exp.parallel.cpu_offload and not use_gpu:
         raise ConfigError(
             "parallel.cpu_offload", "moves sharded state from GPU to CPU memory, but this run trains on CPUs; remove it"
         )
-    client = MlflowClient(store.uri)
     run_id, resumed = open_run(client, store, exp.tracking.experiment, run_name, parent_run_id=parent_run_id)
     say(f"[{run_name}] {'resuming' if resumed else 'started'} MLflow run {run_id} in {store.uri}")
-    for key, value in (tags or {}).items():
-        client.set_tag(run_id, key, value)
-    train_run = trial.train_run_name(run_name)
-    with marks_failure(client, run_id):
-        _train_and_log(exp, source, store, client, run_id, run_name, storage, use_gpu, say, trial, finetuned)
-    client.set_terminated(run_id, "FINISHED")
+    unsent = spill_folder(f"{storage}/{train_run}")
+    with marks_failure(client, run_id), outage_in_one_line(store, f"{storage}/{train_run}", unsent):
+        _send_unsent(unsent, client, run_id, lambda line: say(f"[{run_name}] {line}"))
+        for key, value in (tags or {}).items():
+            client.set_tag(run_id, key, value)
+        _train_and_log(
+            exp, source, store, client, run_id, run_name, storage, use_gpu, say, trial, finetuned, unsent, trained
+        )
+        _send_unsent(unsent, client, run_id, lambda line: say(f"[{run_name}] {line}"))
+        mark_complete(client, run_id, exp.train.max_steps)
+    return _summary(client, run_id, run_name, store, f"{storage}/{train_run}", resumed)
+
+
+def _send_unsent(unsent: SpillFolder, client: MlflowClient, run_id: str, say: Callable[[str], None]) -> None:
+    """Metric values an earlier attempt could not send (the tracking server was down), sent now."""
+    sent = unsent.replay(client, run_id)
+    if sent:
+        say(f"sent {sent} metric values kept in {unsent.uri} while the tracking server did not answer")
+
+
+def _summary(
+    client: MlflowClient, run_id: str, run_name: str, store: TrackingStore, storage: str, resumed: bool
+) -> RunSummary:
     loss_by_step = {metric.step: metric.value for metric in client.get_metric_history(run_id, "loss")}
     steps = sorted(loss_by_step)
     eval_history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, OVERALL))
@@ -220,7 +255,7 @@ def run_experiment(
         run_name=run_name,
         run_id=run_id,
         tracking_uri=store.uri,
-        storage=f"{storage}/{train_run}",
+        storage=storage,
         resumed=resumed,
         steps=steps[-1] if steps else 0,
         first_loss=loss_by_step[steps[0]] if steps else None,
@@ -240,8 +275,12 @@ def _train_and_log(
     use_gpu: bool,
     say: Callable[[str], None],
     trial: TrialLink,
-    finetuned: Finetuned | None = None,
+    finetuned: Finetuned | None,
+    unsent: SpillFolder,
+    trained: Path | None,
 ) -> None:
+    """Log the run's inputs, train (unless `trained`, the checkpoint of a run that already reached
+    train.max_steps) and log the model."""
     train_run = trial.train_run_name(run_name)
     changed = log_params(client, run_id, {**flatten(exp), **job_params(os.environ)})
     if changed:
@@ -322,6 +361,7 @@ def _train_and_log(
         tracking_uri=store.uri,
         run_id=run_id,
         run_name=run_name,
+        unsent_metrics=unsent.uri,
         heldout_manifests=heldout,
         separator_id=eos_id(tokenizer),
         pad_id=pad_id(tokenizer),
@@ -330,10 +370,19 @@ def _train_and_log(
         report_gate=trial.report_gate,
         logged_until=trial.logged_until,
     )
-    result = fit(exp, spec, storage, use_gpu, callbacks=trial.callbacks, train_run_name=train_run)
-    if result.checkpoint is None:
-        raise RuntimeError("training ended without a checkpoint; see the worker logs above")
-    with result.checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
+    if trained is None:
+        try:
+            result = fit(exp, spec, storage, use_gpu, callbacks=trial.callbacks, train_run_name=train_run)
+        except Exception:
+            remove_unfinished(f"{storage}/{train_run}", lambda line: say(f"[{run_name}] {line}"))
+            raise
+        if result.checkpoint is None:
+            raise RuntimeError("training ended without a checkpoint; see the worker logs above")
+        checkpoint = result.checkpoint
+    else:
+        say(f"[{run_name}] training reached step {exp.train.max_steps} before; logging the model of {trained.name}")
+        checkpoint = ray.train.Checkpoint(str(trained))
+    with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
         if finetuned is not None and (exp.finetune.method != "full" or exp.finetune.task == "classification"):
             # Only what the method trained, the adapter (and LoRA merged into the weights, if asked).
             for name in export_finetuned(exp, store.uri, folder, tokenizer, Path(out)):

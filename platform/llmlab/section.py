@@ -42,12 +42,22 @@ class InapplicableSetting:
     applies_to: str
 
     def message(self) -> str:
-        value = self.mode_value
-        value = "null" if value is None else ",".join(map(str, value)) if isinstance(value, list) else value
+        value = _as_written(self.mode_value)
         return (
             f"applies to {self.applies_to}, not {self.mode_path}={value}, where it would do nothing; "
             f"remove it or change {self.mode_path}"
         )
+
+
+def _as_written(value: Any) -> str:
+    """A mode's value as YAML spells it (null, true, a list's items joined by commas)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 class Section(BaseModel):

@@ -121,10 +121,10 @@ def up(
             _READY_MARK,
         )
         cluster.save()
-        cluster.leaders["mlflow"] = _start_mlflow(folder, mlflow_port)
+        cluster.leaders["mlflow"] = start_mlflow_server(folder, mlflow_port)
         cluster.save()
-        _wait_http(f"{cluster.mlflow_uri}/health", "mlflow", folder)
-        _wait_http(f"{cluster.dashboard_url}/api/version", "head", folder)
+        wait_http(f"{cluster.mlflow_uri}/health", "mlflow", folder)
+        wait_http(f"{cluster.dashboard_url}/api/version", "head", folder)
     except BaseException:
         down(folder)
         raise
@@ -242,7 +242,7 @@ def _start(name: str, command: list[str], folder: Path, env: dict[str, str], rea
     return process.pid
 
 
-def _start_mlflow(folder: Path, port: int) -> int:
+def start_mlflow_server(folder: Path, port: int) -> int:
     command = [
         sys.executable,
         "-m",
@@ -270,7 +270,7 @@ def _start_mlflow(folder: Path, port: int) -> int:
     return process.pid
 
 
-def _wait_http(url: str, name: str, folder: Path) -> None:
+def wait_http(url: str, name: str, folder: Path) -> None:
     deadline = time.monotonic() + _START_TIMEOUT_S
     while True:
         try:

@@ -19,6 +19,11 @@ class TrackingConfig(Section):
         description="Run name; re-running with the same name resumes that run. null: '<experiment file>-<timestamp>'.",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
     )
+    required: bool = Field(
+        False,
+        description="Stop training when the tracking server does not take the run's metrics; false: train "
+        "through an outage (metrics are kept in the run's storage and sent when it answers again).",
+    )
     system_metrics: bool = Field(True, description="Log CPU, memory (and GPU) metrics of every node.")
     system_metrics_interval_s: float = Field(5.0, gt=0, description="Seconds between system-metric samples.")
 

@@ -9,14 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, Run
 from mlflow.tracking import MlflowClient
 
 import llmlab
 from llmlab.tracking.redact import redact_params
-from llmlab.tracking.store import TrackingStore
+from llmlab.tracking.store import TrackingStore, error_line, fail_fast
 
 _MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
+COMPLETED_STEPS_TAG = "llmlab.completed_steps"  # max_steps of a run that finished training
 
 
 def open_run(
@@ -25,15 +26,9 @@ def open_run(
     """Return (run_id, resumed): the newest run of that name in the experiment, or a new one
     (nested under `parent_run_id` when given: the MLflow UI shows it inside its parent)."""
     experiment_id = experiment_id_for(client, store, experiment)
-    escaped = run_name.replace("'", "\\'")
-    previous = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`mlflow.runName` = '{escaped}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if previous:
-        run_id = previous[0].info.run_id
+    previous = _newest_run(client, experiment_id, run_name)
+    if previous is not None:
+        run_id = previous.info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id, True
     tags = _source_tags()
@@ -43,17 +38,49 @@ def open_run(
     return run.info.run_id, False
 
 
+def _newest_run(client: MlflowClient, experiment_id: str, run_name: str) -> Run | None:
+    escaped = run_name.replace("'", "\\'")
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.runName` = '{escaped}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
+def find_complete_run(client: MlflowClient, experiment: str, run_name: str, max_steps: int) -> str | None:
+    """The id of the run of that name if it finished training to `max_steps` (see `mark_complete`)."""
+    found = client.get_experiment_by_name(experiment)
+    run = _newest_run(client, found.experiment_id, run_name) if found is not None else None
+    if run is None or run.info.status != "FINISHED":
+        return None
+    return run.info.run_id if run.data.tags.get(COMPLETED_STEPS_TAG) == str(max_steps) else None
+
+
+def mark_complete(client: MlflowClient, run_id: str, max_steps: int) -> None:
+    """FINISHED, trained to `max_steps`: running the same command again has nothing to do."""
+    client.set_tag(run_id, COMPLETED_STEPS_TAG, str(max_steps))
+    client.set_terminated(run_id, "FINISHED")
+
+
 @contextlib.contextmanager
 def marks_failure(client: MlflowClient, run_id: str) -> Iterator[None]:
     """An interrupted body leaves the run KILLED, a failed one FAILED (the error goes on up); the
-    caller sets the status of a body that completes."""
+    caller sets the status of a body that completes. When the status cannot be set (the server is
+    down), the error says so in a note after its own message."""
     try:
         yield
-    except KeyboardInterrupt:
-        client.set_terminated(run_id, "KILLED")
-        raise
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        try:
+            with fail_fast():
+                client.set_terminated(run_id, status)
+        except Exception as unmarked:
+            err.add_note(
+                f"could not mark MLflow run {run_id} {status} ({error_line(unmarked)}); it shows RUNNING until "
+                "it is run again"
+            )
         raise
 
 

@@ -7,8 +7,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmlab.tracking.config import TrackingConfig
+
+if TYPE_CHECKING:
+    from llmlab.tracking.spill import SpillFolder
 
 DEFAULT_DB_FILE = "mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
@@ -16,6 +20,12 @@ DEFAULT_ARTIFACT_DIR = "mlartifacts"
 
 class TrackingUnavailable(RuntimeError):
     """The tracking store cannot be reached; the message is one line for the user."""
+
+
+def error_line(err: BaseException) -> str:
+    """An error's first line, short enough for a one-line message (its type when it has no text)."""
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 @dataclass(frozen=True)
@@ -37,7 +47,7 @@ def resolve_store(cfg: TrackingConfig, cwd: Path | None = None) -> TrackingStore
 
 
 @contextlib.contextmanager
-def _fail_fast() -> Iterator[None]:
+def fail_fast() -> Iterator[None]:
     """An unreachable server should fail in seconds, not after MLflow's minutes of retries."""
     saved = {key: os.environ.get(key) for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
@@ -71,6 +81,28 @@ def _creating_alone(store: TrackingStore) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def outage_in_one_line(store: TrackingStore, run_storage: str, unsent: SpillFolder) -> Iterator[None]:
+    """A failure while the store does not answer is the outage, said in one line (with what is
+    kept and how to finish the run), not the traceback of whichever call met it first."""
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, TrackingUnavailable):
+            raise
+        try:
+            check_reachable(store)
+        except TrackingUnavailable as outage:
+            waiting = unsent.count()
+            kept = f"; {waiting} metric values kept in {unsent.uri}" if waiting else ""
+            raise TrackingUnavailable(
+                f"{outage}. What the run did is kept: its checkpoints in {run_storage}{kept}; run the "
+                "same command again when the store answers: it sends what was kept, logs the model "
+                "and, if training did not finish, resumes it"
+            ) from err
+        raise
+
+
 def check_reachable(store: TrackingStore) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -82,11 +114,10 @@ def check_reachable(store: TrackingStore) -> None:
                 "point tracking.uri elsewhere"
             )
     try:
-        with _fail_fast(), _creating_alone(store):
+        with fail_fast(), _creating_alone(store):
             MlflowClient(store.uri).search_experiments(max_results=1)
     except Exception as err:  # any failure here means no run can be recorded
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TrackingUnavailable(
-            f"tracking.uri: cannot reach the MLflow store at {store.uri} ({reason[:200]}); start the "
+            f"tracking.uri: cannot reach the MLflow store at {store.uri} ({error_line(err)}); start the "
             "server or fix tracking.uri / MLFLOW_TRACKING_URI"
         ) from None

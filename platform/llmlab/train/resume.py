@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from llmlab.train.safe_dcp import BrokenCheckpoint
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
 SET_ASIDE = ".broken"  # suffix of a checkpoint folder taken out of the run
+CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's checkpoint folders: checkpoint_<timestamp>
 
 
 class UnreadableRecord(ValueError):
@@ -36,6 +38,7 @@ def check_resume_point(run_dir: str, say: Callable[[str], None]) -> int | None:
         return None
     folder = Path(run_dir)
     record = _read_record(folder)
+    remove_unfinished(run_dir, say)
     if record is None:
         return None
     results: list[dict[str, Any]] = record.get("checkpoint_results", [])
@@ -54,6 +57,29 @@ def check_resume_point(run_dir: str, say: Callable[[str], None]) -> int | None:
         _drop_after(folder, record, -1)
         say("no intact checkpoint is left: the run starts again from step 0")
     return None
+
+
+def remove_unfinished(run_dir: str, say: Callable[[str], None]) -> None:
+    """Delete the checkpoint folders that Ray's record does not name: saves that failed part way
+    (a full disk, a killed worker) and that nothing will ever read."""
+    folder = Path(run_dir)
+    if "://" in run_dir or not folder.is_dir():
+        return
+    record = _read_record(folder)
+    recorded = {result["checkpoint_dir_name"] for result in (record or {}).get("checkpoint_results", [])}
+    for candidate in sorted(folder.glob(f"{CHECKPOINT_PREFIX}*")):
+        if candidate.is_dir() and not candidate.name.endswith(SET_ASIDE) and candidate.name not in recorded:
+            shutil.rmtree(candidate, ignore_errors=True)
+            say(f"removed {candidate.name}: a save that did not finish (Ray's record of the run does not name it)")
+
+
+def latest_checkpoint(run_dir: str) -> Path | None:
+    """The folder of the checkpoint Ray would resume the run in `run_dir` from (local storage)."""
+    if "://" in run_dir:
+        return None
+    record = _read_record(Path(run_dir))
+    results = record.get("checkpoint_results", []) if record is not None else []
+    return Path(run_dir) / results[-1]["checkpoint_dir_name"] if results else None
 
 
 def _read_record(folder: Path) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ from llmlab.model import build_model
 from llmlab.model.losses import mean_token_loss
 from llmlab.model.pretrained import load_pretrained
 from llmlab.tracking.metrics import MetricLogger, system_metrics
+from llmlab.tracking.spill import SpillFolder
 from llmlab.train.batches import rank_batches
 from llmlab.train.checkpoint import load_checkpoint, load_data_state, save_checkpoint
 from llmlab.train.distillation import Distillation, distil
@@ -43,6 +44,7 @@ from llmlab.train.mixing import MixedBatches
 from llmlab.train.objectives import Objective, build_objective
 from llmlab.train.optim import apply_hyperparameters, build_optimizer, build_scheduler, decaying_groups
 from llmlab.train.progress import format_progress
+from llmlab.train.rendezvous import torch_config
 from llmlab.train.rows import RowFormat
 
 
@@ -78,6 +80,7 @@ class WorkerSpec:
     tracking_uri: str
     run_id: str
     run_name: str
+    unsent_metrics: str  # where rank 0 keeps metric values the tracking server did not take
     heldout_manifests: dict[str, str] = field(default_factory=dict)  # domain -> manifest URI
     separator_id: int = -1  # the tokenizer's EOS, which ends every document
     pad_id: int = -1  # the tokenizer's PAD, which fills padded rows
@@ -198,7 +201,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     micro_batch = exp.train.batch_size // (dp_size * exp.train.grad_accum)
     # A pipeline evaluates batches of the shape it trains on: one step's rows.
     eval_batch = micro_batch * exp.train.grad_accum if dims.pp > 1 else micro_batch
-    logger = MetricLogger(spec.tracking_uri, spec.run_id) if rank == 0 else None
+    logger = (
+        MetricLogger(
+            spec.tracking_uri,
+            spec.run_id,
+            SpillFolder(spec.unsent_metrics),
+            required=exp.tracking.required,
+            say=lambda line: print(f"[{spec.run_name}] {line}", flush=True),
+        )
+        if rank == 0
+        else None
+    )
     # Steps after the checkpoint that an earlier attempt (a restarted worker group, a rerun, a
     # trial's restart) already logged are replayed exactly; MLflow keeps their first values only.
     logged_until = max(spec.logged_until, logger.last_step("loss")) if logger is not None else 0
@@ -297,7 +310,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             if completed:  # the last finished step ends the run: evaluated and checkpointed
                 on_step(completed[0], stopped_early=True)
     if logger is not None:
-        logger.flush()
+        logger.close()
         if mixed is not None:
             final = {domain: round(float(w), 4) for domain, w in zip(mixed.domains, mixed.weights, strict=True)}
             logger.log_param("data.mixture.final_weights", json.dumps(final))
@@ -319,6 +332,7 @@ def fit(
     trainer = ray.train.torch.TorchTrainer(
         train_worker,
         train_loop_config=asdict(spec),
+        torch_config=torch_config(exp.cluster.network_interface),
         scaling_config=ray.train.ScalingConfig(
             num_workers=exp.train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
