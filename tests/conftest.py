@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from llmlab.cluster import PREEMPTION_WATCHER_SWITCH
-
 # Ray folds identical lines of different workers printed within seconds into one ("[repeated 2x
 # across cluster]"): a restarted worker's replayed progress lines are what tests compare.
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -21,19 +19,21 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A local Ray (started once per session) that in-process code and CLI subprocesses share.
+    """The local Ray that `llmlab run` starts (started once per session, by the same code), which
+    in-process code and CLI subprocesses share; tests sample its processes' sockets.
 
     More logical CPUs than this machine's 2 cores: every Train worker and data task holds one.
     """
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    os.environ.setdefault(PREEMPTION_WATCHER_SWITCH, "0")  # as `llmlab run` sets it for a local Ray
+    from llmlab.cluster import connect_ray
+    from llmlab.config import ClusterConfig
+    from llmlab.train.config import TrainConfig
+
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=6, object_store_memory=768 * 2**20, dashboard_host="127.0.0.1")
+        os.environ.pop("RAY_ADDRESS", None)  # this session's own Ray, not one found in the shell
+        connect_ray(ClusterConfig(num_cpus=6, object_store_mb=768), TrainConfig())
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.execution_options.preserve_order = True
