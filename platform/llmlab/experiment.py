@@ -196,10 +196,6 @@ def run_experiment(
         Path(storage).mkdir(parents=True, exist_ok=True)
     client = MlflowClient(store.uri)
     train_run = trial.train_run_name(run_name)
-
-    def say_run(line: str) -> None:
-        say(f"[{run_name}] {line}")
-
     if parent_run_id is None:  # (a sweep's trials are run again only by the sweep, when it must)
         complete = find_complete_run(client, exp.tracking.experiment, run_name, exp.train.max_steps)
         if complete is not None:
@@ -210,7 +206,7 @@ def run_experiment(
             return _summary(client, complete, run_name, store, f"{storage}/{train_run}", resumed=True)
     exp, finetuned = adopt_pretrained(exp, store.uri, storage, say)
     # A rerun's checkpoint is checked here, before any worker reads it (see `llmlab.train.resume`).
-    resume_step = check_resume_point(f"{storage}/{train_run}", say_run)
+    resume_step = check_resume_point(f"{storage}/{train_run}", lambda line: say(f"[{run_name}] {line}"))
     # A run whose training ended (its model or status not logged: the tracking server was down)
     # needs no workers to finish: its last checkpoint is exported as the end of training would.
     trained = (
@@ -223,22 +219,21 @@ def run_experiment(
         connect_ray(exp.cluster, exp.train)
         quiet_data_progress()
         use_gpu = exp.train.device == "cuda" or (exp.train.device == "auto" and cluster_has_gpus())
-        if exp.parallel.cpu_offload and not use_gpu:
-            raise ConfigError(
-                "parallel.cpu_offload",
-                "moves sharded state from GPU to CPU memory, but this run trains on CPUs; remove it",
-            )
+    if exp.parallel.cpu_offload and not use_gpu:
+        raise ConfigError(
+            "parallel.cpu_offload", "moves sharded state from GPU to CPU memory, but this run trains on CPUs; remove it"
+        )
     run_id, resumed = open_run(client, store, exp.tracking.experiment, run_name, parent_run_id=parent_run_id)
     say(f"[{run_name}] {'resuming' if resumed else 'started'} MLflow run {run_id} in {store.uri}")
     unsent = spill_folder(f"{storage}/{train_run}")
     with marks_failure(client, run_id), outage_in_one_line(store, f"{storage}/{train_run}", unsent):
-        _send_unsent(unsent, client, run_id, say_run)
+        _send_unsent(unsent, client, run_id, lambda line: say(f"[{run_name}] {line}"))
         for key, value in (tags or {}).items():
             client.set_tag(run_id, key, value)
         _train_and_log(
             exp, source, store, client, run_id, run_name, storage, use_gpu, say, trial, finetuned, unsent, trained
         )
-        _send_unsent(unsent, client, run_id, say_run)
+        _send_unsent(unsent, client, run_id, lambda line: say(f"[{run_name}] {line}"))
         mark_complete(client, run_id, exp.train.max_steps)
     return _summary(client, run_id, run_name, store, f"{storage}/{train_run}", resumed)
 

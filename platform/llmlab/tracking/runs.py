@@ -9,12 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Param, Run
+from mlflow.entities import Metric, Param, Run
 from mlflow.tracking import MlflowClient
 
 import llmlab
 from llmlab.tracking.redact import redact_params
-from llmlab.tracking.spill import send_metrics
 from llmlab.tracking.store import TrackingStore, error_line, fail_fast
 
 _MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
@@ -146,7 +145,9 @@ def log_report(client: MlflowClient, run_id: str, name: str, report: dict[str, A
     client.log_dict(run_id, report, f"{folder}/{name}_report.json" if folder else f"{name}_report.json")
     numbers = flatten_numbers(report)
     now_ms = int(time.time() * 1000)
-    send_metrics(client, run_id, [(f"{prefix}{name}.{key}", value, now_ms, 0) for key, value in numbers.items()])
+    metrics = [Metric(f"{prefix}{name}.{key}", value, now_ms, 0) for key, value in numbers.items()]
+    for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
     return numbers
 
 

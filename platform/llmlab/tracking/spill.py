@@ -12,14 +12,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
 from llmlab.data.shards import join, resolve
-
-if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
 
 UNSENT_FOLDER = "unsent-metrics"
 MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limit
@@ -52,7 +48,7 @@ class SpillFolder:
         """Values waiting in the folder."""
         return sum(len(self._read(path)) for path in self.files())
 
-    def replay(self, client: MlflowClient, run_id: str) -> int:
+    def replay(self, client: object, run_id: str) -> int:
         """Send every waiting value to the run (oldest file first), deleting each file once sent;
         the number sent. A failure leaves the files not yet sent in place and goes on up."""
         sent = 0
@@ -83,10 +79,10 @@ def spill_folder(run_storage: str) -> SpillFolder:
     return SpillFolder(join(run_storage, UNSENT_FOLDER))
 
 
-def send_metrics(client: MlflowClient, run_id: str, metrics: Sequence[MetricTuple]) -> None:
+def send_metrics(client: object, run_id: str, metrics: Sequence[MetricTuple]) -> None:
     """Log `metrics` to the run in batches of MLflow's limit."""
     from mlflow.entities import Metric
 
     for start in range(0, len(metrics), MAX_METRICS_PER_CALL):
         chunk = metrics[start : start + MAX_METRICS_PER_CALL]
-        client.log_batch(run_id, metrics=[Metric(*metric) for metric in chunk])
+        client.log_batch(run_id, metrics=[Metric(*metric) for metric in chunk])  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ mixture's draws depend on the weight history, so its state is saved too.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,6 @@ from llmlab.train.safe_dcp import (
     SafeLoadPlanner,
     SafeReader,
     UnsafeCheckpoint,
-    load_plain,
     read_metadata,
     verify_shards,
 )
@@ -200,7 +200,9 @@ def _plain_load(file: Path) -> Any:
     if not file.is_file():
         raise BrokenCheckpoint(f"{file}: missing")
     try:
-        return load_plain(file, f"{file}:", map_location="cpu")
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpoint(f"{file}: refused, not plain data ({str(err).splitlines()[0]})") from None
     except (RuntimeError, EOFError, OSError) as err:
         raise BrokenCheckpoint(f"{file}: unreadable ({str(err).splitlines()[0]})") from None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch.distributed.checkpoint import FileSystemReader
@@ -81,15 +81,6 @@ def read_metadata(path: Path) -> Metadata:
     return metadata
 
 
-def load_plain(source: str | Path | IO[bytes], subject: str, map_location: str | None = None) -> Any:
-    """`torch.load(weights_only=True)` of `source`; anything else than plain data is refused with
-    UnsafeCheckpoint("<subject> refused, not plain data (...)")."""
-    try:
-        return torch.load(source, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UnsafeCheckpoint(f"{subject} refused, not plain data ({str(err).splitlines()[0]})") from None
-
-
 class SafeReader(FileSystemReader):
     """FileSystemReader whose metadata is read by `read_metadata`."""
 
@@ -105,7 +96,11 @@ class SafeLoadPlanner(DefaultLoadPlanner):
     """DefaultLoadPlanner whose non-tensor items are read with `torch.load(weights_only=True)`."""
 
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
-        loaded = load_plain(value, f"item {read_item.dest_index.fqn}:")
+        try:
+            loaded = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as err:
+            reason = str(err).splitlines()[0]
+            raise UnsafeCheckpoint(f"item {read_item.dest_index.fqn}: refused, not plain data ({reason})") from None
         if self.flatten_state_dict:
             # DefaultLoadPlanner's own placement of a loaded item (torch's private helper).
             from torch.distributed.checkpoint._traverse import set_element
@@ -137,4 +132,8 @@ def verify_shards(path: Path) -> None:
             with file.open("rb") as stream:
                 stream.seek(info.offset)
                 item = io.BytesIO(stream.read(info.length))
-            load_plain(item, f"{file}: item {index.fqn}")
+            try:
+                torch.load(item, weights_only=True)
+            except pickle.UnpicklingError as err:
+                reason = str(err).splitlines()[0]
+                raise UnsafeCheckpoint(f"{file}: item {index.fqn} refused, not plain data ({reason})") from None
